@@ -1,0 +1,104 @@
+"""Check a GGUF file and describe it for the manifest, with gguf's own reader."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from .errors import InputError
+
+GGUF_MAGIC = b"GGUF"
+# Scalar metadata worth carrying in the manifest (the runtime reads settings from it).
+KEEP_PREFIXES = ("general.sampling.",)
+
+
+def describe(path: str) -> dict:
+    """Validate ``path`` as a complete GGUF; return what the manifest records about it.
+
+    Raises InputError with a one-line message for a missing, foreign, truncated or
+    too-new file.
+    """
+    name = os.path.basename(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file; check the model path") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory; give the path of a .gguf file") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    if head[:4] != GGUF_MAGIC:
+        raise InputError(
+            f"{name} is not a GGUF model (it does not start with 'GGUF'); convert it with "
+            "llama.cpp's convert_hf_to_gguf.py first"
+        )
+    if len(head) < 8:
+        raise InputError(f"{name} is truncated (only {size} bytes); download it again")
+
+    import gguf
+    from gguf.gguf_reader import READER_SUPPORTED_VERSIONS as supported
+
+    version = struct.unpack("<I", head[4:8])[0]
+    if version > max(supported):
+        raise InputError(
+            f"{name} is GGUF version {version}, newer than this llamabundle reads "
+            f"(up to {max(supported)}); upgrade llamabundle"
+        )
+    if version not in supported:
+        raise InputError(f"{name} is GGUF version {version}, which is too old; reconvert it")
+    try:
+        reader = gguf.GGUFReader(path)
+        tensors = reader.tensors
+        end = max((t.data_offset + int(t.n_bytes) for t in tensors), default=reader.data_offset)
+    except (ValueError, IndexError, KeyError, OverflowError, TypeError, UnicodeDecodeError):
+        raise InputError(f"{name} is truncated or damaged (its GGUF header cannot be read)") from None
+    if end > size:
+        raise InputError(
+            f"{name} is truncated: its tensors need {end:,} bytes but the file has {size:,}; "
+            "download it again"
+        )
+
+    def value(key, default=None):
+        field = reader.get_field(key)
+        if field is None:
+            return default
+        try:
+            return field.contents()
+        except (ValueError, IndexError, UnicodeDecodeError):
+            return default
+
+    arch = value("general.architecture", "unknown")
+    ftype = value("general.file_type")
+    try:
+        ftype_name = gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else None
+    except ValueError:
+        ftype_name = str(ftype)
+    qtypes: dict[str, int] = {}
+    for t in tensors:
+        qtypes[t.tensor_type.name] = qtypes.get(t.tensor_type.name, 0) + 1
+    if ftype_name is None:
+        ftype_name = max(qtypes, key=qtypes.get) if qtypes else "unknown"
+    metadata = {
+        k: value(k)
+        for k in reader.fields
+        if k.startswith(KEEP_PREFIXES) and isinstance(value(k), (int, float, str))
+    }
+    return {
+        "size": size,
+        "header_size": int(reader.data_offset),
+        "gguf": {
+            "version": version,
+            "architecture": arch,
+            "name": value("general.name") or os.path.splitext(name)[0],
+            "file_type": ftype_name,
+            "parameters": int(sum(int(t.n_elements) for t in tensors)),
+            "tensor_count": len(tensors),
+            "tensor_types": dict(sorted(qtypes.items())),
+            "context_length": int(value(f"{arch}.context_length", 0) or 0),
+            "chat_template": reader.get_field("tokenizer.chat_template") is not None,
+            "alignment": int(reader.alignment),
+            "metadata": metadata,
+        },
+    }

@@ -1,0 +1,177 @@
+"""The runtime stub: runtime/ frozen by PyInstaller into one executable.
+
+A stub is built once per (platform, llamabundle runtime sources, llama-cpp-python
+build, PyInstaller, Python) and kept in a content-addressed cache, so that
+``llamabundle build`` only has to append a model to it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata as md
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import runtime
+
+from .errors import InputError, StubError
+
+STUB_NAME = "llamabundle-runtime"
+SOURCE_DIRS = ("runtime", "templates")
+LLAMA_LIBS = ("libllama.so", "libggml.so.0", "libggml-base.so.0", "libllama.dylib", "libggml.0.dylib",
+              "libggml-base.0.dylib", "llama.dll", "ggml.dll", "ggml-base.dll")  # fmt: skip
+
+
+def cache_root() -> Path:
+    if os.environ.get("LLAMABUNDLE_CACHE"):
+        return Path(os.environ["LLAMABUNDLE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "llamabundle"
+
+
+def project_root() -> Path:
+    return Path(runtime.__file__).resolve().parent.parent
+
+
+def llama_cpp_dirs() -> tuple[Path, Path]:
+    """(llama_cpp/lib with libllama and libggml, directory of the ggml backend modules)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise StubError("llama-cpp-python is not installed; run ./install.sh")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    lib, variants = pkg / "lib", pkg.parent / "bin"
+    if not list(variants.glob("libggml-cpu-*")):
+        raise StubError(
+            f"llama-cpp-python has no ggml CPU variant modules in {variants}; it was not built "
+            "with GGML_BACKEND_DL=ON and GGML_CPU_ALL_VARIANTS=ON: run ./install.sh"
+        )
+    return lib, variants
+
+
+def _sha256_file(path: Path, digest=None):
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest
+
+
+def stub_key() -> str:
+    """Content hash of everything that goes into the stub."""
+    lib, variants = llama_cpp_dirs()
+    h = hashlib.sha256()
+    for part in (
+        runtime.__version__,
+        sysconfig.get_platform(),
+        sys.version,
+        md.version("pyinstaller"),
+        md.version("llama_cpp_python"),
+    ):
+        h.update(part.encode() + b"\0")
+    root = project_root()
+    files = [p for d in SOURCE_DIRS for p in (root / d).rglob("*") if p.is_file()]
+    files += [p for p in list(lib.iterdir()) + list(variants.glob("libggml-*")) if p.is_file()]
+    for p in sorted(files):
+        if "__pycache__" in p.parts:
+            continue
+        h.update(p.name.encode() + b"\0")
+        _sha256_file(p, h)
+    return h.hexdigest()[:20]
+
+
+def cached_stub(rebuild: bool = False, log=print) -> Path:
+    """Path of this machine's runtime stub, building it first if it is not cached."""
+    key = stub_key()
+    target = cache_root() / "stubs" / key / STUB_NAME
+    if target.exists() and not rebuild:
+        return target
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait and reuse it
+        if target.exists() and not rebuild:
+            return target
+        build_stub(target, log=log)
+    return target
+
+
+def build_stub(target: Path, log=print) -> None:
+    lib, variants = llama_cpp_dirs()
+    root = project_root()
+    sep = os.pathsep
+    log(
+        f"Building the runtime stub for {platform.system().lower()}-{platform.machine()} "
+        "(once per llamabundle and llama.cpp version; about a minute)..."
+    )
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="llamabundle-stub-") as tmp:
+        tmp = Path(tmp)
+        cmd = [
+            sys.executable, "-m", "PyInstaller", "--onefile", "--noconfirm", "--clean",
+            "--log-level", "WARN", "--name", STUB_NAME,
+            "--distpath", str(tmp / "dist"), "--workpath", str(tmp / "work"),
+            "--specpath", str(tmp), "--paths", str(root),
+            "--hidden-import", "llama_cpp.llama_cpp",
+            "--hidden-import", "llama_cpp.llama_chat_format",
+            "--copy-metadata", "llama_cpp_python",
+            "--add-data", f"{root / 'templates'}{sep}templates",
+        ]  # fmt: skip
+        for name in LLAMA_LIBS:  # by the sonames libllama links to; the other copies are dead weight
+            if (lib / name).exists():
+                cmd += ["--add-binary", f"{lib / name}{sep}llama_cpp/lib"]
+        for so in sorted(variants.glob("libggml-*")):
+            cmd += ["--add-binary", f"{so}{sep}ggml_backends"]
+        cmd.append(str(root / "runtime" / "__main__.py"))
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        env.setdefault("SOURCE_DATE_EPOCH", "315532800")
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
+        built = tmp / "dist" / STUB_NAME
+        if proc.returncode != 0 or not built.exists():
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            raise StubError(f"PyInstaller failed to build the runtime stub:\n{tail}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        shutil.copyfile(built, part)
+        os.chmod(part, 0o755)
+        os.replace(part, target)
+    size = target.stat().st_size / 2**20
+    log(f"Runtime stub built in {time.monotonic() - start:.0f} s: {target} ({size:.1f} MiB)")
+
+
+def executable_kind(path: Path) -> dict:
+    """OS, architecture and format of an executable, read from its header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such runtime stub; check the --runtime path") from None
+    except OSError as e:
+        raise InputError(f"cannot read runtime stub {path}: {e.strerror}") from None
+    if head[:4] == b"\x7fELF":
+        endian = "little" if head[5] == 1 else "big"
+        machine = int.from_bytes(head[18:20], endian)
+        osabi = {0: "linux", 3: "linux", 9: "freebsd"}.get(head[7], "unix")
+        arch = {0x3E: "x86_64", 0xB7: "aarch64", 0x03: "x86", 0x28: "arm"}.get(machine, hex(machine))
+        return {"os": osabi, "arch": arch, "format": "elf"}
+    if head[:2] == b"MZ" and len(head) >= 64:
+        pe = int.from_bytes(head[60:64], "little")
+        if head[pe : pe + 4] == b"PE\0\0":
+            machine = int.from_bytes(head[pe + 4 : pe + 6], "little")
+            arch = {0x8664: "x86_64", 0xAA64: "aarch64", 0x14C: "x86"}.get(machine, hex(machine))
+            return {"os": "windows", "arch": arch, "format": "pe"}
+    macho = {b"\xcf\xfa\xed\xfe": "little", b"\xfe\xed\xfa\xcf": "big"}
+    if head[:4] in macho:
+        cpu = int.from_bytes(head[4:8], macho[head[:4]])
+        arch = {0x01000007: "x86_64", 0x0100000C: "arm64"}.get(cpu, hex(cpu))
+        return {"os": "macos", "arch": arch, "format": "macho"}
+    if head[:4] in (b"\xca\xfe\xba\xbe", b"\xbe\xba\xfe\xca"):
+        return {"os": "macos", "arch": "universal", "format": "macho"}
+    raise InputError(f"{path} is not an executable (ELF, PE or Mach-O); pass a runtime stub")

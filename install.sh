@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install llamabundle and everything its tests need into ./.venv.
+#
+# llama-cpp-python is built from source with a portable, dynamically dispatched
+# CPU backend (one module per x86-64 feature level). pip's wheel cache does not
+# key on CMAKE_ARGS, so we keep our own wheel cache keyed on the version, the
+# flags and the interpreter, and we check the *installed* variant modules
+# instead of trusting the command that installed them.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF"
+CACHE=${LLAMABUNDLE_TOOLCHAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamabundle/toolchain}
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+[ -d .venv ] || "$PYTHON" -m venv .venv
+PY=.venv/bin/python
+"$PY" -m pip install --quiet --upgrade pip
+
+tag=$("$PY" -c 'import sys, sysconfig; print(sysconfig.get_platform(), sys.implementation.cache_tag)')
+key=$(printf '%s\n' "$LLAMA_CPP_PYTHON_VERSION" "$LLAMA_CMAKE_ARGS" "$tag" | sha256sum | cut -c1-16)
+wheels="$CACHE/wheels/$key"
+
+wheel_ok() {  # a wheel counts only if it carries the CPU variant modules
+  "$PY" - "$1" <<'PY'
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+need = ["bin/libggml-cpu-x64.so", "bin/libggml-cpu-haswell.so", "bin/libggml-cpu-sse42.so"]
+sys.exit(0 if all(any(n.endswith(x) for n in names) for x in need) else 1)
+PY
+}
+
+# The sdist is kept: tests and bench/ build llama.cpp's own tools from the same sources.
+sdist="$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+if [ ! -f "$sdist" ]; then
+  mkdir -p "$CACHE/sdist"
+  "$PY" -m pip download --quiet --no-deps --no-binary :all: -d "$CACHE/sdist" \
+      "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+fi
+
+whl=$(ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$whl" ] || ! wheel_ok "$whl"; then
+  say "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION from source (portable CPU variants; ~12 min on 2 cores)"
+  rm -rf "$wheels.tmp" && mkdir -p "$wheels.tmp"
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    "$PY" -m pip wheel --no-cache-dir --no-deps -w "$wheels.tmp" "$sdist"
+  whl=$(ls "$wheels.tmp"/llama_cpp_python-*.whl | head -n1)
+  wheel_ok "$whl" || { say "built wheel lacks the ggml CPU variant modules: check CMAKE_ARGS"; exit 1; }
+  rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
+  whl=$(ls "$wheels"/llama_cpp_python-*.whl | head -n1)
+fi
+
+say "installing llamabundle and its test dependencies"
+"$PY" -m pip install --quiet --force-reinstall --no-deps "$whl"
+"$PY" -m pip install --quiet "$whl" -e ".[test]"
+
+# Trust the installed files, not the command line.
+"$PY" - <<'PY'
+import pathlib, sys, sysconfig
+site = pathlib.Path(sysconfig.get_paths()["purelib"])
+found = sorted(p.name for p in (site / "bin").glob("libggml-cpu-*.so"))
+if "libggml-cpu-x64.so" not in found or "libggml-cpu-haswell.so" not in found:
+    sys.exit(f"installed llama-cpp-python has no portable CPU variants (found {found})")
+print(f"==> llama-cpp-python OK: {len(found)} CPU variant modules in {site / 'bin'}", file=sys.stderr)
+PY
+echo "$sdist" > .venv/llama-cpp-python-sdist
+say "done: activate with 'source .venv/bin/activate'"

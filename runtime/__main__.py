@@ -1,0 +1,5 @@
+import sys
+
+from runtime.app import main
+
+sys.exit(main())

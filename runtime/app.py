@@ -1,0 +1,171 @@
+"""The executable's command line: ``./chat [-p PROMPT | --cli | --info] ...``.
+
+Runs inside the bundle. It reads the payload appended to its own executable,
+loads the model from it in place and answers. Standard library plus llama.cpp
+only: no click, nothing from the bundler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from . import __version__, payload
+from .errors import RuntimeFailure, UsageError
+
+BUNDLE_ENV = "LLAMABUNDLE_BUNDLE"  # run the runtime on a bundle file without freezing it
+
+EXAMPLES = """examples:
+  %(prog)s -p "Once upon a time" -n 64 --temp 0   print a completion
+  %(prog)s --cli                                  chat in the terminal
+  %(prog)s --info                                 what is inside, and what hardware was found
+  %(prog)s --info --json                          the same, as JSON
+
+Settings come from, weakest first: the model's metadata, values baked in at
+build time, LLAMABUNDLE_* environment variables (LLAMABUNDLE_TEMP=0.2, ...),
+then these flags.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=prog,
+        description="A local LLM in one file, built with llamabundle.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=None,
+    )
+    mode = p.add_argument_group("modes (plain %(prog)s starts --cli)".replace("%(prog)s", prog))
+    mode.add_argument("-p", "--prompt", help="print the completion of PROMPT and exit")
+    mode.add_argument("--cli", action="store_true", help="chat in the terminal")
+    mode.add_argument("--info", action="store_true", help="show what is inside and the hardware")
+    mode.add_argument("--json", action="store_true", help="with --info: print JSON")
+    mode.add_argument("--version", action="store_true", help="print versions and exit")
+    s = p.add_argument_group("settings")
+    s.add_argument("-n", "--n-predict", type=int, help="tokens to generate (-1: until the model stops)")
+    s.add_argument("--temp", type=float, help="temperature; 0 is greedy and deterministic")
+    s.add_argument("--top-k", type=int, help="top-k sampling (0 disables)")
+    s.add_argument("--top-p", type=float, help="top-p sampling (1 disables)")
+    s.add_argument("--min-p", type=float, help="min-p sampling (0 disables)")
+    s.add_argument("--repeat-penalty", type=float, help="repetition penalty (1 disables)")
+    s.add_argument("--seed", type=int, help="random seed (-1: random)")
+    s.add_argument("-c", "--ctx-size", type=int, help="context size in tokens (0: automatic)")
+    s.add_argument("-t", "--threads", type=int, help="CPU threads (0: physical cores)")
+    s.add_argument("-ngl", "--gpu-layers", type=int, help="layers to put on a GPU (-1: all)")
+    s.add_argument("--system", help="system prompt for --cli")
+    p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's own logs")
+    p.add_argument("--timings", action="store_true", help="with -p: print speed figures on stderr")
+    return p
+
+
+def bundle_path() -> str:
+    if os.environ.get(BUNDLE_ENV):
+        return os.environ[BUNDLE_ENV]
+    if getattr(sys, "frozen", False):
+        return sys.executable
+    raise UsageError(f"no bundle to run: run a built executable, or set {BUNDLE_ENV}=PATH")
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = os.path.basename(sys.argv[0]) or "llamabundle"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        args = build_parser(prog).parse_args(argv)
+        return run(args, prog)
+    except RuntimeFailure as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:  # a bug of ours: still one line, unless asked for details
+        if os.environ.get("LLAMABUNDLE_DEBUG"):
+            raise
+        print(
+            f"{prog}: internal error: {type(e).__name__}: {e} (set LLAMABUNDLE_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+def run(args, prog: str) -> int:
+    if args.version:
+        print(f"{prog}: llamabundle runtime {__version__}, llama-cpp-python {_llama_version()}")
+        return 0
+    bundle = payload.read_bundle(bundle_path())
+    from .settings import resolve
+
+    flags = {k: v for k, v in vars(args).items() if v is not None and k in _SETTING_FLAGS}
+    settings = resolve(
+        flags, baked=bundle.settings, model_meta=bundle.model["gguf"].get("metadata", {})
+    )
+    if args.info:
+        from .info import show_info
+
+        return show_info(bundle, settings, as_json=args.json, verbose=args.verbose)
+    if args.json:
+        raise UsageError("--json goes with --info")
+    from .session import open_session
+
+    with open_session(bundle, settings, verbose=args.verbose) as (session, sampling):
+        value = {k: v for k, (v, _) in settings.items()}
+        if args.prompt is not None:
+            return _complete(session, sampling, args.prompt, value["n_predict"], args.timings)
+        from .chat import Formatter, run_cli
+
+        return run_cli(
+            session,
+            Formatter(session.model),
+            sampling,
+            max_tokens=value["n_predict"],
+            system=value["system"],
+            title=bundle.model["name"],
+        )
+
+
+_SETTING_FLAGS = {
+    "n_predict", "temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed",
+    "ctx_size", "threads", "gpu_layers", "system",
+}  # fmt: skip
+
+
+def _complete(session, sampling, prompt: str, n_predict: int, timings: bool) -> int:
+    from .engine import Stats
+
+    tokens = session.model.tokenize(prompt)
+    stats = Stats()
+    for piece in session.generate(tokens, sampling, max_tokens=n_predict, stats=stats):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if timings:
+        pp, tg = stats.prompt_seconds, stats.generation_seconds
+        print(
+            f"timings: prompt {stats.prompt_tokens} tokens in {pp * 1e3:.1f} ms "
+            f"({stats.prompt_tokens / pp if pp else 0:.1f} t/s); generated "
+            f"{stats.completion_tokens} tokens in {tg * 1e3:.1f} ms "
+            f"({stats.completion_tokens / tg if tg else 0:.1f} t/s)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _llama_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        from . import backend
+
+        return getattr(backend.bindings(), "__version__", "unknown")

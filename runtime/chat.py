@@ -1,0 +1,148 @@
+"""Chat prompts and the terminal chat.
+
+A model with a ``tokenizer.chat_template`` is formatted by llama-cpp-python's
+own Jinja2 chat formatter. A model without one (a base or story model such as
+stories260K) is chatted with in plain completion style: the conversation is one
+running text that the model continues, and the user is told so once.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from .engine import Sampling, Session, Stats
+
+PLAIN_NOTE = (
+    "note: this model has no chat template, so chat runs in plain completion style: "
+    "the model continues the conversation as one text"
+)
+
+
+@dataclass
+class Prompt:
+    text: str
+    add_special: bool  # whether tokenizing should add BOS etc.
+    stop: list[str]
+
+
+class Formatter:
+    def __init__(self, model, template: str | None = None):
+        self.model = model
+        self.template = template if template is not None else model.chat_template()
+        self._jinja = None
+
+    @property
+    def plain(self) -> bool:
+        return not self.template
+
+    def render(self, messages: list[dict]) -> Prompt:
+        if self.plain:
+            return Prompt(render_plain(messages), True, [])
+        if self._jinja is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            C, vocab = self.model.C, self.model.vocab
+            bos = C.llama_vocab_bos(vocab)
+            eos = C.llama_vocab_eos(vocab)
+            self._jinja = Jinja2ChatFormatter(
+                template=self.template,
+                bos_token=self.model.token_text(bos) if bos >= 0 else "",
+                eos_token=self.model.token_text(eos) if eos >= 0 else "",
+            )
+        result = self._jinja(messages=messages)
+        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
+        return Prompt(result.prompt, not result.added_special, stop)
+
+
+def render_plain(messages: list[dict]) -> str:
+    """The conversation as one running text: a system prompt opens it, each user
+    message starts a new line (after the first), and each reply continues it."""
+    parts, started = [], False
+    for m in messages:
+        content = m.get("content") or ""
+        if m["role"] == "system":
+            if content:
+                parts.append(content.rstrip() + "\n\n")
+        elif m["role"] == "user":
+            parts.append(("\n" if started else "") + content)
+            started = True
+        else:
+            parts.append(content)
+    return "".join(parts)
+
+
+def generate_text(session: Session, prompt: Prompt, sampling: Sampling, max_tokens: int, stats: Stats):
+    """Stream a completion of ``prompt``, stopping early at any of its stop strings."""
+    tokens = session.model.tokenize(prompt.text, add_special=prompt.add_special)
+    pieces = session.generate(tokens, sampling, max_tokens=max_tokens, stats=stats)
+    if not prompt.stop:
+        yield from pieces
+        return
+    held = ""
+    longest = max(len(s) for s in prompt.stop)
+    try:
+        for piece in pieces:
+            held += piece
+            hits = [held.find(s) for s in prompt.stop if s in held]
+            if hits:
+                yield held[: min(hits)]
+                stats.finish_reason = "stop"
+                return
+            if len(held) > longest:
+                yield held[: len(held) - longest]
+                held = held[len(held) - longest :]
+        yield held
+    finally:
+        pieces.close()
+
+
+def run_cli(
+    session: Session,
+    formatter: Formatter,
+    sampling: Sampling,
+    *,
+    max_tokens: int,
+    system: str,
+    title: str,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+) -> int:
+    """Interactive chat with streaming replies until /bye or end of input."""
+    print(f"Chatting with {title}. Type /bye or press Ctrl-D to quit, /clear to start over.", file=stderr)
+    if formatter.plain:
+        print(PLAIN_NOTE, file=stderr)
+    base = [{"role": "system", "content": system}] if system else []
+    messages = list(base)
+    while True:
+        stdout.write("> ")
+        stdout.flush()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            line = ""
+        if not line:
+            stdout.write("\n")
+            return 0
+        text = line.rstrip("\n")
+        if text.strip() in ("/bye", "/exit", "/quit"):
+            return 0
+        if text.strip() == "/clear":
+            messages = list(base)
+            print("(conversation cleared)", file=stderr)
+            continue
+        if not text.strip():
+            continue
+        messages.append({"role": "user", "content": text})
+        reply, stats = [], Stats()
+        try:
+            for piece in generate_text(session, formatter.render(messages), sampling, max_tokens, stats):
+                reply.append(piece)
+                stdout.write(piece)
+                stdout.flush()
+        except KeyboardInterrupt:
+            print("\n(stopped)", file=stderr)
+        stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})

@@ -1,0 +1,243 @@
+"""Text generation on llama.cpp's C API.
+
+``Model`` loads the GGUF straight out of the bundle file with
+``llama_model_load_from_file_ptr`` (mmapped in place, never copied).
+``Session`` owns a context and its KV cache; it reuses the longest cached prefix
+of each new prompt, the way llama-server does, so a chat only decodes what is new.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import ctypes.util
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import backend
+from .errors import ModelError, UsageError
+
+LOAD_MODE_MMAP = 1  # enum llama_load_mode: LLAMA_LOAD_MODE_MMAP
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temp: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int = -1  # -1: a random seed
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    first_token_at: float | None = None
+    finish_reason: str = "stop"
+    extra: dict = field(default_factory=dict)
+
+
+def _libc():
+    if "libc" not in _cache:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        lib.fopen.restype, lib.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+        lib.fclose.argtypes = [ctypes.c_void_p]
+        seek = getattr(lib, "fseeko", None) or lib.fseek
+        seek.restype, seek.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+        _cache["libc"], _cache["fseek"] = lib, seek
+    return _cache["libc"], _cache["fseek"]
+
+
+_cache: dict = {}
+
+
+class Model:
+    """A GGUF model read in place from ``path`` at byte ``offset``."""
+
+    def __init__(self, path: str, offset: int, *, n_gpu_layers: int = 0):
+        C = backend.bindings()
+        self.C = C
+        libc, fseek = _libc()
+        self._fp = libc.fopen(os.fsencode(path), b"rb")
+        if not self._fp:
+            raise ModelError(f"cannot open {path}: {os.strerror(ctypes.get_errno())}")
+        if fseek(self._fp, offset, os.SEEK_SET) != 0:
+            libc.fclose(self._fp)
+            raise ModelError(f"cannot seek in {path}")
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.load_mode = LOAD_MODE_MMAP
+        self.ptr = C.llama_model_load_from_file_ptr(ctypes.c_void_p(self._fp), params)
+        if not self.ptr:
+            libc.fclose(self._fp)
+            self._fp = None
+            detail = backend.recent_logs().splitlines()[-1:] or ["unknown error"]
+            raise ModelError(f"llama.cpp could not load the model: {detail[0]}")
+        self.vocab = C.llama_model_get_vocab(self.ptr)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self.C.llama_model_free(self.ptr)
+            self.ptr = None
+        if getattr(self, "_fp", None):
+            _libc()[0].fclose(self._fp)
+            self._fp = None
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self.C.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def chat_template(self) -> str | None:
+        tmpl = self.C.llama_model_chat_template(self.ptr, None)
+        return tmpl.decode("utf-8", "replace") if tmpl else None
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        data = text.encode()
+        cap = len(data) + 8
+        buf = (self.C.llama_token * cap)()
+        n = self.C.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            buf = (self.C.llama_token * -n)()
+            n = self.C.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self.C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.C.llama_vocab_is_eog(self.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token).decode("utf-8", "replace")
+
+
+class Session:
+    """One llama.cpp context with its KV cache, reused across prompts."""
+
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int = 512):
+        C = model.C
+        self.C, self.model = C, model
+        params = C.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = 1
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.no_perf = True
+        self.ptr = C.llama_init_from_model(model.ptr, params)
+        if not self.ptr:
+            raise ModelError(
+                f"llama.cpp could not create a context of {n_ctx} tokens; try a smaller --ctx-size"
+            )
+        self.n_ctx = C.llama_n_ctx(self.ptr)
+        self.n_batch = n_batch
+        self.cached: list[int] = []
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            self.C.llama_free(self.ptr)
+            self.ptr = None
+
+    def _decode(self, tokens: list[int]) -> None:
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i : i + self.n_batch]
+            arr = (self.C.llama_token * len(chunk))(*chunk)
+            rc = self.C.llama_decode(self.ptr, self.C.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                self.cached = self.cached[: len(self.cached)]  # decode failed: keep what is valid
+                raise ModelError(f"llama.cpp failed to evaluate the prompt (llama_decode={rc})")
+            self.cached.extend(chunk)
+
+    def _sampler(self, s: Sampling):
+        C = self.C
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        if s.repeat_penalty != 1.0:
+            C.llama_sampler_chain_add(
+                chain,
+                C.llama_sampler_init_penalties(
+                    self.model.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0
+                ),
+            )
+        if s.temp <= 0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
+            return chain
+        seed = s.seed if s.seed >= 0 else int.from_bytes(os.urandom(4), "little")
+        if s.top_k > 0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(s.top_k))
+        if s.top_p < 1.0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0.0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(s.min_p, 1))
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(s.temp))
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def generate(
+        self, tokens: list[int], sampling: Sampling, *, max_tokens: int = -1, stats: Stats | None = None
+    ) -> Iterator[str]:
+        """Yield the completion of ``tokens`` as text, piece by piece (valid UTF-8 only)."""
+        stats = stats if stats is not None else Stats()
+        if not tokens:
+            raise UsageError("the prompt is empty")
+        if len(tokens) >= self.n_ctx:
+            raise UsageError(
+                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
+                "shorten it or raise --ctx-size"
+            )
+        # Reuse the longest cached prefix; always leave one token to decode for fresh logits.
+        keep = 0
+        limit = min(len(self.cached), len(tokens) - 1)
+        while keep < limit and self.cached[keep] == tokens[keep]:
+            keep += 1
+        mem = self.C.llama_get_memory(self.ptr)
+        self.C.llama_memory_seq_rm(mem, -1, keep, -1)
+        del self.cached[keep:]
+        stats.prompt_tokens, stats.cached_tokens = len(tokens), keep
+        t0 = time.perf_counter()
+        self._decode(tokens[keep:])
+        stats.prompt_seconds = time.perf_counter() - t0
+
+        sampler = self._sampler(sampling)
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        t1 = time.perf_counter()
+        try:
+            stats.finish_reason = "length"
+            n = 0
+            while max_tokens < 0 or n < max_tokens:
+                if len(self.cached) >= self.n_ctx:
+                    break
+                token = self.C.llama_sampler_sample(sampler, self.ptr, -1)
+                if self.model.is_eog(token):
+                    stats.finish_reason = "stop"
+                    break
+                n += 1
+                stats.completion_tokens = n
+                if stats.first_token_at is None:
+                    stats.first_token_at = time.perf_counter()
+                text = utf8.decode(self.model.piece(token))
+                if text:
+                    yield text
+                self._decode([token])
+            tail = utf8.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            stats.generation_seconds = time.perf_counter() - t1
+            self.C.llama_sampler_free(sampler)

@@ -1,0 +1,85 @@
+"""``--info``: what is inside the bundle, what hardware was found, effective settings."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from . import __version__, backend, hardware
+from .session import context_size, gpu_plan
+
+
+def collect(bundle, settings: dict, verbose: bool = False) -> dict:
+    backend.init(verbose=verbose)
+    hw = hardware.detect()
+    devices = backend.devices()
+    layers, note = gpu_plan(settings["gpu_layers"][0], settings["gpu_layers"][1], hw, devices)
+    hw["ggml"] = {
+        "cpu_variant": backend.loaded_cpu_variant(),
+        "cpu_features": backend.cpu_backend_features(),
+        "devices": devices,
+        "gpu_layers": layers,
+        "note": note,
+    }
+    return {
+        "runtime": {"llamabundle": __version__, "python": sys.version.split()[0]},
+        "bundle": {"path": bundle.path, "size": bundle.file_size, "payload_start": bundle.payload_start},
+        "manifest": bundle.manifest,
+        "hardware": hw,
+        "settings": {k: {"value": v, "source": src} for k, (v, src) in sorted(settings.items())},
+    }
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+def show_info(bundle, settings: dict, *, as_json: bool, verbose: bool = False) -> int:
+    info = collect(bundle, settings, verbose)
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    m, model, hw = bundle.manifest, bundle.model, info["hardware"]
+    g = model["gguf"]
+    cpu, ggml = hw["cpu"], hw["ggml"]
+    ctx_train = g.get("context_length") or 0
+    lines = [
+        f"Bundle    {bundle.path} ({_mib(bundle.file_size)})",
+        f"  build   llamabundle {m['build']['llamabundle']}, build id {m['build']['build_id']}",
+        f"  stub    {m['stub']['os']}-{m['stub']['arch']} ({m['stub']['format']}, "
+        f"{_mib(m['stub']['size'])})",
+        f"Model     {model['name']} ({_mib(model['size'])}, sha256 {model['sha256'][:16]}...)",
+        f"  arch    {g.get('architecture', '?')}, {g.get('parameters', 0):,} parameters, "
+        f"{g.get('file_type', '?')}",
+        f"  context trained {ctx_train:,}; using {context_size(settings['ctx_size'][0], ctx_train):,}",
+        f"  chat    {_chat_text(g)}",
+        f"CPU       {cpu['model'] or cpu['arch']} ({cpu['physical_cores']} cores, "
+        f"{cpu['logical_cores']} threads)",
+        f"  flags   {' '.join(cpu['flags']) or 'unknown'}",
+        f"  ggml    variant {ggml['cpu_variant'] or 'unknown'} "
+        f"({', '.join(k for k, v in ggml['cpu_features'].items() if v == '1') or 'baseline'})",
+        f"Memory    {_mib(hw['memory']['total'])} total, {_mib(hw['memory']['available'])} available",
+        f"GPU       CUDA: {_gpu_text(hw['cuda'])}; Metal: {'yes' if hw['metal']['present'] else 'no'}",
+        f"  using   {_placement(ggml)}",
+        "Settings",
+    ]
+    width = max(len(k) for k in settings)
+    for key, (value, source) in sorted(settings.items()):
+        lines.append(f"  {key:<{width}}  {value!r:<12} ({source})")
+    print("\n".join(lines))
+    return 0
+
+
+def _chat_text(g: dict) -> str:
+    return "template included" if g.get("chat_template") else "no chat template (plain completion style)"
+
+
+def _placement(ggml: dict) -> str:
+    where = f"{ggml['gpu_layers']} layers on GPU" if ggml["gpu_layers"] else "CPU only"
+    return where + (f" ({ggml['note']})" if ggml["note"] else "")
+
+
+def _gpu_text(cuda: dict) -> str:
+    if cuda.get("present"):
+        return f"driver {cuda['driver_version']}, " + ", ".join(cuda["devices"])
+    return cuda.get("error", "no driver")

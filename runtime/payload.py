@@ -1,0 +1,202 @@
+"""The one definition of the llamabundle payload format.
+
+A bundle is a runtime stub (a PyInstaller onefile executable) with the payload
+appended after it::
+
+    [ stub | zero padding | model GGUF | manifest (JSON) | trailer ]
+                          ^ MODEL_ALIGNMENT-aligned offset
+
+* The model starts on a ``MODEL_ALIGNMENT`` boundary of the file, so the GGUF's
+  own data section (aligned to 32 bytes relative to the GGUF start) stays aligned
+  in the bundle and llama.cpp can mmap the weights in place. 64 KiB covers
+  Windows' allocation granularity and Metal's 16 KiB pages.
+* The manifest is canonical JSON (sorted keys, UTF-8) with a ``schema`` number.
+  Older schemas are migrated explicitly; newer ones are refused with a clear
+  "built by a newer llamabundle" error.
+* The trailer is the last ``TRAILER.size`` bytes of the file: magic, layout
+  version, the manifest's position, length and CRC-32, and where the payload
+  (the end of the stub) starts.
+
+The bundler writes this format and the runtime reads it; neither repeats any
+of the constants below. This module uses the standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import PayloadError
+
+MAGIC = b"LLBUNDLE"
+LAYOUT_VERSION = 1
+MANIFEST_SCHEMA = 1
+MODEL_ALIGNMENT = 64 * 1024
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+# magic, layout version, flags, manifest crc32, payload start, manifest offset, manifest size
+TRAILER = struct.Struct("<8sHHIQQQ")
+
+# Manifest fields (schema 1). Kept here so the writer and the reader agree.
+#   schema:   int, MANIFEST_SCHEMA
+#   build:    {"llamabundle": version, "build_id": hex, "source_date_epoch": int | None}
+#   stub:     {"os", "arch", "format", "size", "sha256"}
+#   model:    {"name", "offset", "size", "sha256", "header_size", "header_sha256", "gguf": {...}}
+#   settings: {key: value} baked in at build time
+MANIFEST_KEYS = ("schema", "build", "stub", "model", "settings")
+MODEL_KEYS = ("name", "offset", "size", "sha256", "header_size", "header_sha256", "gguf")
+
+# Explicit migrations from older manifest schemas: {old_schema: fn(dict) -> dict of old_schema+1}.
+# Schema 1 is the first published schema, so there is nothing to migrate yet.
+MIGRATIONS: dict = {}
+
+
+def align_up(offset: int, alignment: int = MODEL_ALIGNMENT) -> int:
+    return (offset + alignment - 1) // alignment * alignment
+
+
+def encode_manifest(manifest: dict) -> bytes:
+    """Canonical bytes of a manifest: the same manifest always gives the same bytes."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_trailer(payload_start: int, manifest_offset: int, manifest_bytes: bytes) -> bytes:
+    crc = zlib.crc32(manifest_bytes) & 0xFFFFFFFF
+    return TRAILER.pack(
+        MAGIC, LAYOUT_VERSION, 0, crc, payload_start, manifest_offset, len(manifest_bytes)
+    )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A parsed, structurally checked payload."""
+
+    path: str
+    file_size: int
+    payload_start: int
+    manifest: dict
+
+    @property
+    def model(self) -> dict:
+        return self.manifest["model"]
+
+    @property
+    def settings(self) -> dict:
+        return self.manifest.get("settings") or {}
+
+
+def has_payload(f: BinaryIO) -> bool:
+    """True if the open file ends with a llamabundle trailer (of any layout version)."""
+    size = f.seek(0, os.SEEK_END)
+    if size < TRAILER.size:
+        return False
+    f.seek(size - TRAILER.size)
+    return f.read(len(MAGIC)) == MAGIC
+
+
+def read_bundle(path: str, *, check_header: bool = True) -> Bundle:
+    """Read and check the trailer, manifest and model header of a bundle.
+
+    This is cheap (a few reads, no full hash), so the runtime does it on every start.
+    Any damage is reported as a PayloadError with a one-line message.
+    """
+    try:
+        with open(path, "rb") as f:
+            bundle = _read(f, path)
+            if check_header:
+                _check_model_header(f, bundle)
+            return bundle
+    except OSError as e:
+        raise PayloadError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _read(f: BinaryIO, path: str) -> Bundle:
+    size = f.seek(0, os.SEEK_END)
+    name = os.path.basename(path)
+    if size < TRAILER.size:
+        raise PayloadError(f"{name} has no llamabundle payload (file is only {size} bytes)")
+    f.seek(size - TRAILER.size)
+    magic, layout, _flags, crc, start, m_off, m_len = TRAILER.unpack(f.read(TRAILER.size))
+    if magic != MAGIC:
+        raise PayloadError(
+            f"{name} has no llamabundle payload: the file is cut short or was not built by "
+            "llamabundle; rebuild it with 'llamabundle build'"
+        )
+    if layout > LAYOUT_VERSION:
+        raise PayloadError(
+            f"{name} was built by a newer llamabundle (payload layout {layout}, this runtime "
+            f"reads up to {LAYOUT_VERSION}); use a newer runtime"
+        )
+    if not (0 < start <= m_off and m_len <= MAX_MANIFEST_BYTES and m_off + m_len == size - TRAILER.size):
+        raise PayloadError(f"{name} has a damaged payload trailer; rebuild the bundle")
+    f.seek(m_off)
+    raw = f.read(m_len)
+    if len(raw) != m_len or zlib.crc32(raw) & 0xFFFFFFFF != crc:
+        raise PayloadError(f"{name} has a damaged manifest (checksum mismatch); rebuild the bundle")
+    try:
+        manifest = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise PayloadError(f"{name} has an unreadable manifest; rebuild the bundle") from None
+    manifest = migrate_manifest(manifest, name)
+    _check_layout(manifest, name, start, m_off)
+    return Bundle(path=path, file_size=size, payload_start=start, manifest=manifest)
+
+
+def migrate_manifest(manifest: dict, name: str = "bundle") -> dict:
+    schema = manifest.get("schema") if isinstance(manifest, dict) else None
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise PayloadError(f"{name} has a manifest without a valid schema number; rebuild it")
+    if schema > MANIFEST_SCHEMA:
+        raise PayloadError(
+            f"{name} was built by a newer llamabundle (manifest schema {schema}, this runtime "
+            f"reads up to {MANIFEST_SCHEMA}); use a newer runtime"
+        )
+    while schema < MANIFEST_SCHEMA:
+        if schema not in MIGRATIONS:
+            raise PayloadError(
+                f"{name} has manifest schema {schema}, which this runtime cannot migrate; "
+                "rebuild the bundle with this llamabundle"
+            )
+        manifest = MIGRATIONS[schema](dict(manifest))
+        schema = manifest["schema"]
+    return manifest
+
+
+def _check_layout(manifest: dict, name: str, start: int, m_off: int) -> None:
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    model = manifest.get("model")
+    if not missing and isinstance(model, dict):
+        missing = [f"model.{k}" for k in MODEL_KEYS if k not in model]
+    if missing:
+        raise PayloadError(f"{name} has an incomplete manifest (missing {', '.join(missing)})")
+    off, size, hsize = model["offset"], model["size"], model["header_size"]
+    if not all(isinstance(v, int) for v in (off, size, hsize)):
+        raise PayloadError(f"{name} has a damaged manifest (bad model offsets)")
+    if off % MODEL_ALIGNMENT or off < start or off + size > m_off or not 0 < hsize <= size:
+        raise PayloadError(f"{name} has a damaged manifest (model outside the payload)")
+
+
+def _check_model_header(f: BinaryIO, bundle: Bundle) -> None:
+    """Hash the GGUF header and metadata (everything llama.cpp parses before the
+    weights), so damaged metadata is refused here and never reaches llama.cpp."""
+    import hashlib
+
+    model = bundle.model
+    f.seek(model["offset"])
+    digest = hashlib.sha256()
+    left = model["header_size"]
+    while left:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        digest.update(chunk)
+        left -= len(chunk)
+    if left or digest.hexdigest() != model["header_sha256"]:
+        raise PayloadError(
+            f"{os.path.basename(bundle.path)} has a damaged model header; rebuild the bundle "
+            "or run it with --verify for a full check"
+        )

@@ -1,0 +1,62 @@
+"""From a checked bundle and effective settings to a ready llama.cpp session."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from . import backend, hardware
+from .engine import Model, Sampling, Session
+
+DEFAULT_CTX = 4096
+
+
+def gpu_plan(requested: int, source: str, hw: dict, devices: list[dict]) -> tuple[int, str | None]:
+    """Layers to offload, and a one-line note when a GPU was wanted but cannot be used."""
+    gpus = [d for d in devices if d["type"] in ("gpu", "igpu")]
+    if gpus:
+        return (requested if requested >= 0 else 999), None
+    drivers = [n for n, key in (("CUDA", "cuda"), ("Metal", "metal")) if hw[key]["present"]]
+    if drivers:
+        return 0, (
+            f"{' and '.join(drivers)} found, but this bundle has no {drivers[0]} backend for it; "
+            "running on the CPU"
+        )
+    if requested > 0 and source != "default":
+        return 0, "no GPU found; running on the CPU"
+    return 0, None
+
+
+def context_size(requested: int, n_ctx_train: int) -> int:
+    if requested > 0:
+        return requested
+    return min(n_ctx_train, DEFAULT_CTX) if n_ctx_train > 0 else DEFAULT_CTX
+
+
+@contextmanager
+def open_session(bundle, settings: dict, *, verbose: bool = False):
+    """Yield (Session, Sampling) for ``bundle``; the model is freed on exit."""
+    value = {k: v for k, (v, _) in settings.items()}
+    backend.init(verbose=verbose)
+    hw = {"cuda": hardware.cuda(), "metal": hardware.metal()}
+    layers, note = gpu_plan(value["gpu_layers"], settings["gpu_layers"][1], hw, backend.devices())
+    if note:
+        print(note, file=sys.stderr)
+    model = Model(bundle.path, bundle.model["offset"], n_gpu_layers=layers)
+    session = None
+    try:
+        threads = value["threads"] or hardware.physical_cores()
+        session = Session(model, n_ctx=context_size(value["ctx_size"], model.n_ctx_train), n_threads=threads)
+        sampling = Sampling(
+            temp=value["temp"],
+            top_k=value["top_k"],
+            top_p=value["top_p"],
+            min_p=value["min_p"],
+            repeat_penalty=value["repeat_penalty"],
+            seed=value["seed"],
+        )
+        yield session, sampling
+    finally:
+        if session is not None:
+            session.close()
+        model.close()

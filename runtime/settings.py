@@ -1,0 +1,118 @@
+"""Settings in layers, each value tagged with where it came from.
+
+From weakest to strongest: llamabundle's defaults, the model's own GGUF
+metadata (``general.sampling.*``), values baked into the bundle at build time,
+``LLAMABUNDLE_*`` environment variables, and flags on the command line.
+
+``SETTINGS`` is the one table of settings: the runtime's flags, the environment
+variables and the bundler's baked values are all checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+ENV_PREFIX = "LLAMABUNDLE_"
+LAYERS = ("default", "model", "baked", "env", "flag")
+
+
+@dataclass(frozen=True)
+class Setting:
+    type: type
+    default: object
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+
+    def parse(self, name: str, raw: object, where: str) -> object:
+        """Convert and range-check a value; errors name the setting and where it came from."""
+        try:
+            if self.type is bool and isinstance(raw, str):
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = raw.lower() in ("1", "true", "yes", "on")
+            elif self.type is int and isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            elif self.type in (int, float) and isinstance(raw, bool):
+                raise ValueError
+            else:
+                value = self.type(raw)
+        except (TypeError, ValueError):
+            kind = {int: "an integer", float: "a number", bool: "true or false"}.get(self.type, "text")
+            raise UsageError(f"{where}: {name} must be {kind}, not {raw!r}") from None
+        if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
+            rng = f"between {self.lo:g} and {self.hi:g}" if self.hi is not None else f"at least {self.lo:g}"
+            raise UsageError(f"{where}: {name} must be {rng}, not {raw!r}")
+        return value
+
+
+SETTINGS: dict[str, Setting] = {
+    "temp": Setting(float, 0.8, "sampling temperature; 0 is greedy", 0.0, 10.0),
+    "top_k": Setting(int, 40, "sample from the K most likely tokens; 0 disables", 0, 1_000_000),
+    "top_p": Setting(float, 0.95, "nucleus sampling threshold; 1 disables", 0.0, 1.0),
+    "min_p": Setting(float, 0.05, "drop tokens below this fraction of the best; 0 disables", 0.0, 1.0),
+    "repeat_penalty": Setting(float, 1.0, "penalty for repeated tokens; 1 disables", 0.0, 10.0),
+    "seed": Setting(int, -1, "random seed; -1 picks one at random", -1, 2**32 - 1),
+    "n_predict": Setting(int, -1, "tokens to generate; -1 until the model stops", -1, 2**31 - 1),
+    "ctx_size": Setting(int, 0, "context size in tokens; 0 picks min(model, 4096)", 0, 2**24),
+    "threads": Setting(int, 0, "CPU threads; 0 uses the physical cores", 0, 1024),
+    "gpu_layers": Setting(int, -1, "layers to offload to a GPU; -1 all when one is found", -1, 100_000),
+    "system": Setting(str, "", "system prompt for chat"),
+}
+
+# GGUF keys a model may carry for its own recommended sampling.
+MODEL_KEYS = {
+    "temp": "general.sampling.temp",
+    "top_k": "general.sampling.top_k",
+    "top_p": "general.sampling.top_p",
+    "min_p": "general.sampling.min_p",
+    "repeat_penalty": "general.sampling.penalty_repeat",
+}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def check(values: dict, where: str) -> dict:
+    """Validate a dict of settings (unknown keys and bad values are errors)."""
+    out = {}
+    for key, raw in values.items():
+        if key not in SETTINGS:
+            known = ", ".join(sorted(SETTINGS))
+            raise UsageError(f"{where}: unknown setting {key!r} (known: {known})")
+        out[key] = SETTINGS[key].parse(key, raw, where)
+    return out
+
+
+def resolve(
+    flags: dict, *, baked: dict | None = None, model_meta: dict | None = None, environ=None
+) -> dict[str, tuple[object, str]]:
+    """Effective settings as {key: (value, layer)}; ``flags`` holds only flags the user gave."""
+    environ = os.environ if environ is None else environ
+    model_meta = model_meta or {}
+    layers = {
+        "default": {k: s.default for k, s in SETTINGS.items()},
+        "model": {k: model_meta[g] for k, g in MODEL_KEYS.items() if g in model_meta},
+        "baked": baked or {},
+        "env": {k: environ[env_name(k)] for k in SETTINGS if env_name(k) in environ},
+        "flag": flags,
+    }
+    where = {
+        "default": "defaults",
+        "model": "the model's metadata",
+        "baked": "the bundle's baked settings",
+        "env": "environment",
+        "flag": "command line",
+    }
+    out: dict[str, tuple[object, str]] = {}
+    for layer in LAYERS:
+        for key, raw in layers[layer].items():
+            if key not in SETTINGS:
+                continue  # baked/model values for settings this runtime does not know
+            label = env_name(key) if layer == "env" else where[layer]
+            out[key] = (SETTINGS[key].parse(key, raw, label), layer)
+    return out

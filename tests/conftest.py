@@ -1,0 +1,98 @@
+"""Shared fixtures.
+
+Every test gets its own cache directories (an autouse fixture). End-to-end tests
+share one PyInstaller runtime stub per test session, built from this checkout
+into a session temporary directory, and one bundle of stories260K fused from it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT.parent / "shared" / "models" / "stories260K.gguf"
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(autouse=True)
+def isolated_caches(tmp_path, monkeypatch):
+    """Point every cache llamabundle (or anything it runs) could use into tmp_path."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("LLAMABUNDLE_CACHE", str(cache / "llamabundle"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    for name in list(os.environ):
+        if name.startswith("LLAMABUNDLE_") and name != "LLAMABUNDLE_CACHE":
+            monkeypatch.delenv(name)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def model() -> Path:
+    if not MODEL.exists():
+        pytest.fail(f"test model missing: {MODEL} (the shared/ folder must sit beside the checkout)")
+    return MODEL
+
+
+@pytest.fixture(scope="session")
+def stub(tmp_path_factory) -> Path:
+    """The real PyInstaller runtime stub, built once per test session."""
+    from bundler import stub as stubmod
+
+    cache = tmp_path_factory.mktemp("stub-cache")
+    old = os.environ.get("LLAMABUNDLE_CACHE")
+    os.environ["LLAMABUNDLE_CACHE"] = str(cache)
+    try:
+        return stubmod.cached_stub(log=lambda m: print(m, file=sys.stderr))
+    finally:
+        if old is None:
+            os.environ.pop("LLAMABUNDLE_CACHE", None)
+        else:
+            os.environ["LLAMABUNDLE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def bundle(stub, model, tmp_path_factory) -> Path:
+    """stories260K fused with the real stub by the real `llamabundle build`."""
+    out = tmp_path_factory.mktemp("bundle") / "tales"
+    run_cli(["build", str(model), "-o", str(out), "--runtime", str(stub)], check=True)
+    return out
+
+
+def run_cli(args, check=False, **kw) -> subprocess.CompletedProcess:
+    """Run the installed `llamabundle` console script."""
+    exe = Path(sys.executable).with_name("llamabundle")
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"llamabundle {args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_exe(exe: Path, *args, input=None, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(exe), *args], input=input, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def dummy_stub(tmp_path) -> Path:
+    """A tiny real ELF file standing in for the stub where only bytes matter."""
+    path = tmp_path / "dummy-stub"
+    path.write_bytes(Path("/bin/true").read_bytes())
+    return path
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0, proc
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err

@@ -1,0 +1,101 @@
+"""`llamabundle build` refuses bad input with one line, a non-zero exit and no leftovers."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+
+
+@pytest.fixture
+def work(tmp_path):
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def _build(model, out, stub):
+    return run_cli(["build", str(model), "-o", str(out), "--runtime", str(stub)])
+
+
+def _assert_nothing_written(work, *keep):
+    assert sorted(p.name for p in work.iterdir()) == sorted(keep)
+
+
+def test_missing_model(work, dummy_stub):
+    proc = _build(work / "nope.gguf", work / "out", dummy_stub)
+    assert_one_line_error(proc, "nope.gguf", "no such file")
+    _assert_nothing_written(work)
+
+
+def test_not_a_gguf(work, dummy_stub):
+    bad = work / "notes.gguf"
+    bad.write_text("hello, I am a text file\n")
+    proc = _build(bad, work / "out", dummy_stub)
+    assert_one_line_error(proc, "notes.gguf", "not a GGUF model")
+    _assert_nothing_written(work, "notes.gguf")
+
+
+@pytest.mark.parametrize("keep", [6, 5000, 600_000, -1])
+def test_truncated_gguf(work, dummy_stub, model, keep):
+    data = model.read_bytes()
+    cut = work / "cut.gguf"
+    cut.write_bytes(data[:keep])
+    proc = _build(cut, work / "out", dummy_stub)
+    assert_one_line_error(proc, "cut.gguf", "truncated")
+    _assert_nothing_written(work, "cut.gguf")
+
+
+def test_newer_gguf_version(work, dummy_stub, model):
+    data = bytearray(model.read_bytes())
+    struct.pack_into("<I", data, 4, 99)
+    newer = work / "newer.gguf"
+    newer.write_bytes(data)
+    proc = _build(newer, work / "out", dummy_stub)
+    assert_one_line_error(proc, "newer.gguf", "version 99", "upgrade llamabundle")
+    _assert_nothing_written(work, "newer.gguf")
+
+
+def test_output_directory_missing(work, dummy_stub, model):
+    proc = _build(model, work / "no" / "such" / "dir" / "out", dummy_stub)
+    assert_one_line_error(proc, "does not exist")
+    _assert_nothing_written(work)
+
+
+def test_unwritable_output(dummy_stub, model):
+    proc = _build(model, "/proc/tales", dummy_stub)
+    assert_one_line_error(proc, "/proc/tales", "cannot write")
+
+
+def test_output_is_the_input(work, dummy_stub, model):
+    copy = work / "m.gguf"
+    shutil.copy(model, copy)
+    proc = _build(copy, copy, dummy_stub)
+    assert_one_line_error(proc, "is the input model")
+    assert copy.read_bytes() == model.read_bytes()
+    _assert_nothing_written(work, "m.gguf")
+
+
+def test_output_is_a_directory(work, dummy_stub, model):
+    proc = _build(model, work, dummy_stub)
+    assert_one_line_error(proc, "is a directory")
+
+
+def test_runtime_that_is_not_an_executable(work, model):
+    fake = work / "stub"
+    fake.write_text("#!/bin/sh\n")
+    proc = _build(model, work / "out", fake)
+    assert_one_line_error(proc, "not an executable")
+    _assert_nothing_written(work, "stub")
+
+
+def test_build_summary_line(work, dummy_stub, model):
+    proc = _build(model, work / "tales", dummy_stub)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip()
+    assert len(line.splitlines()) == 1
+    assert str(work / "tales") in line and "sha256" in line and "run it with" in line
+    _assert_nothing_written(work, "tales")

@@ -1,0 +1,38 @@
+"""Settings in layers: flags > LLAMABUNDLE_* > baked > model metadata > defaults."""
+
+import pytest
+
+from runtime.errors import UsageError
+from runtime.settings import SETTINGS, check, resolve
+
+
+def test_each_layer_beats_the_one_below():
+    meta = {"general.sampling.temp": 0.5, "general.sampling.top_k": 7}
+    baked = {"temp": 0.4, "top_p": 0.5, "seed": 3}
+    env = {"LLAMABUNDLE_TEMP": "0.3", "LLAMABUNDLE_SEED": "4"}
+    got = resolve({"temp": 0.2}, baked=baked, model_meta=meta, environ=env)
+    assert got["temp"] == (0.2, "flag")
+    assert got["seed"] == (4, "env")
+    assert got["top_p"] == (0.5, "baked")
+    assert got["top_k"] == (7, "model")
+    assert got["min_p"] == (SETTINGS["min_p"].default, "default")
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(UsageError, match="LLAMABUNDLE_TEMP: temp must be a number, not 'hot'"):
+        resolve({}, environ={"LLAMABUNDLE_TEMP": "hot"})
+
+
+def test_out_of_range_is_refused():
+    with pytest.raises(UsageError, match="top_p must be between 0 and 1"):
+        resolve({"top_p": 1.5}, environ={})
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(UsageError, match="unknown setting 'tempreature'"):
+        check({"tempreature": 1}, "bundle.toml")
+
+
+def test_integer_settings_refuse_fractions():
+    with pytest.raises(UsageError, match="must be an integer"):
+        check({"top_k": 2.5}, "bundle.toml")
