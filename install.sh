@@ -53,6 +53,13 @@ if [ -z "$whl" ] || ! wheel_ok "$whl"; then
   whl=$(ls "$wheels"/llama_cpp_python-*.whl | head -n1)
 fi
 
+# The web chat is tested in a real browser: Debian's Chromium, driven by Playwright.
+if [ ! -x /usr/bin/chromium ]; then
+  say "installing Chromium for the browser tests"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 say "installing llamabundle and its test dependencies"
 "$PY" -m pip install --quiet --force-reinstall --no-deps "$whl"
 "$PY" -m pip install --quiet "$whl" -e ".[test]"

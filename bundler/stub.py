@@ -122,8 +122,9 @@ def build_stub(target: Path, log=print) -> None:
             "--hidden-import", "llama_cpp.llama_cpp",
             "--hidden-import", "llama_cpp.llama_chat_format",
             "--copy-metadata", "llama_cpp_python",
-            "--add-data", f"{root / 'templates'}{sep}templates",
         ]  # fmt: skip
+        if (root / "templates").is_dir() and any((root / "templates").iterdir()):
+            cmd += ["--add-data", f"{root / 'templates'}{sep}templates"]
         for name in LLAMA_LIBS:  # by the sonames libllama links to; the other copies are dead weight
             if (lib / name).exists():
                 cmd += ["--add-binary", f"{lib / name}{sep}llama_cpp/lib"]

@@ -18,6 +18,8 @@ from .errors import RuntimeFailure, UsageError
 BUNDLE_ENV = "LLAMABUNDLE_BUNDLE"  # run the runtime on a bundle file without freezing it
 
 EXAMPLES = """examples:
+  %(prog)s                                        open the web chat in your browser
+  %(prog)s --server --port 8080                   serve the OpenAI-compatible API (and the page)
   %(prog)s -p "Once upon a time" -n 64 --temp 0   print a completion
   %(prog)s --cli                                  chat in the terminal
   %(prog)s --info                                 what is inside, and what hardware was found
@@ -42,9 +44,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=None,
     )
-    mode = p.add_argument_group("modes (plain %(prog)s starts --cli)".replace("%(prog)s", prog))
+    mode = p.add_argument_group(f"modes (plain {prog} starts the web chat and opens a browser)")
     mode.add_argument("-p", "--prompt", help="print the completion of PROMPT and exit")
     mode.add_argument("--cli", action="store_true", help="chat in the terminal")
+    mode.add_argument("--server", action="store_true", help="serve the API and web chat, no browser")
     mode.add_argument("--info", action="store_true", help="show what is inside and the hardware")
     mode.add_argument("--json", action="store_true", help="with --info: print JSON")
     mode.add_argument("--version", action="store_true", help="print versions and exit")
@@ -59,7 +62,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     s.add_argument("-c", "--ctx-size", type=int, help="context size in tokens (0: automatic)")
     s.add_argument("-t", "--threads", type=int, help="CPU threads (0: physical cores)")
     s.add_argument("-ngl", "--gpu-layers", type=int, help="layers to put on a GPU (-1: all)")
-    s.add_argument("--system", help="system prompt for --cli")
+    s.add_argument("--system", help="system prompt for chat")
+    s.add_argument("--host", help="server address (default 127.0.0.1; 0.0.0.0 exposes it)")
+    s.add_argument("--port", type=int, help="server port (default 8080, or the next free one)")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on API calls")
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's own logs")
     p.add_argument("--timings", action="store_true", help="with -p: print speed figures on stderr")
     return p
@@ -114,6 +120,10 @@ def run(args, prog: str) -> int:
         return show_info(bundle, settings, as_json=args.json, verbose=args.verbose)
     if args.json:
         raise UsageError("--json goes with --info")
+    if args.prompt is None and not args.cli:
+        from .server import serve
+
+        return serve(bundle, settings, open_browser=not args.server, verbose=args.verbose)
     from .session import open_session
 
     with open_session(bundle, settings, verbose=args.verbose) as (session, sampling):
@@ -134,7 +144,7 @@ def run(args, prog: str) -> int:
 
 _SETTING_FLAGS = {
     "n_predict", "temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed",
-    "ctx_size", "threads", "gpu_layers", "system",
+    "ctx_size", "threads", "gpu_layers", "system", "host", "port", "api_key",
 }  # fmt: skip
 
 

@@ -36,6 +36,7 @@ def bindings():
             pkg = types.ModuleType("llama_cpp")
             pkg.__path__ = list(spec.submodule_search_locations)
             pkg.__file__ = spec.origin
+            pkg.__spec__ = spec
             sys.modules["llama_cpp"] = pkg
         import llama_cpp.llama_cpp as C
 

@@ -73,19 +73,21 @@ def render_plain(messages: list[dict]) -> str:
     return "".join(parts)
 
 
-def generate_text(session: Session, prompt: Prompt, sampling: Sampling, max_tokens: int, stats: Stats):
-    """Stream a completion of ``prompt``, stopping early at any of its stop strings."""
-    tokens = session.model.tokenize(prompt.text, add_special=prompt.add_special)
+def generate_text(
+    session: Session, tokens: list[int], stop: list[str], sampling: Sampling, max_tokens: int, stats: Stats
+):
+    """Stream the completion of ``tokens``, ending early at any of the ``stop`` strings
+    (which are not part of the output)."""
     pieces = session.generate(tokens, sampling, max_tokens=max_tokens, stats=stats)
-    if not prompt.stop:
+    if not stop:
         yield from pieces
         return
     held = ""
-    longest = max(len(s) for s in prompt.stop)
+    longest = max(len(s) for s in stop)
     try:
         for piece in pieces:
             held += piece
-            hits = [held.find(s) for s in prompt.stop if s in held]
+            hits = [held.find(s) for s in stop if s in held]
             if hits:
                 yield held[: min(hits)]
                 stats.finish_reason = "stop"
@@ -138,7 +140,9 @@ def run_cli(
         messages.append({"role": "user", "content": text})
         reply, stats = [], Stats()
         try:
-            for piece in generate_text(session, formatter.render(messages), sampling, max_tokens, stats):
+            prompt = formatter.render(messages)
+            tokens = session.model.tokenize(prompt.text, add_special=prompt.add_special)
+            for piece in generate_text(session, tokens, prompt.stop, sampling, max_tokens, stats):
                 reply.append(piece)
                 stdout.write(piece)
                 stdout.flush()

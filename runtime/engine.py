@@ -147,7 +147,7 @@ class Session:
                 f"llama.cpp could not create a context of {n_ctx} tokens; try a smaller --ctx-size"
             )
         self.n_ctx = C.llama_n_ctx(self.ptr)
-        self.n_batch = n_batch
+        self.n_batch, self.n_threads = n_batch, n_threads
         self.cached: list[int] = []
 
     def close(self) -> None:
@@ -160,8 +160,8 @@ class Session:
             chunk = tokens[i : i + self.n_batch]
             arr = (self.C.llama_token * len(chunk))(*chunk)
             rc = self.C.llama_decode(self.ptr, self.C.llama_batch_get_one(arr, len(chunk)))
-            if rc != 0:
-                self.cached = self.cached[: len(self.cached)]  # decode failed: keep what is valid
+            if rc != 0:  # drop whatever part of the chunk reached the KV cache
+                self.C.llama_memory_seq_rm(self.C.llama_get_memory(self.ptr), -1, len(self.cached), -1)
                 raise ModelError(f"llama.cpp failed to evaluate the prompt (llama_decode={rc})")
             self.cached.extend(chunk)
 

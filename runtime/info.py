@@ -26,7 +26,7 @@ def collect(bundle, settings: dict, verbose: bool = False) -> dict:
         "bundle": {"path": bundle.path, "size": bundle.file_size, "payload_start": bundle.payload_start},
         "manifest": bundle.manifest,
         "hardware": hw,
-        "settings": {k: {"value": v, "source": src} for k, (v, src) in sorted(settings.items())},
+        "settings": {k: {"value": _shown(k, v), "source": src} for k, (v, src) in sorted(settings.items())},
     }
 
 
@@ -65,9 +65,13 @@ def show_info(bundle, settings: dict, *, as_json: bool, verbose: bool = False) -
     ]
     width = max(len(k) for k in settings)
     for key, (value, source) in sorted(settings.items()):
-        lines.append(f"  {key:<{width}}  {value!r:<12} ({source})")
+        lines.append(f"  {key:<{width}}  {_shown(key, value)!r:<12} ({source})")
     print("\n".join(lines))
     return 0
+
+
+def _shown(key: str, value):
+    return "(set)" if key == "api_key" and value else value
 
 
 def _chat_text(g: dict) -> str:

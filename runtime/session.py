@@ -33,6 +33,12 @@ def context_size(requested: int, n_ctx_train: int) -> int:
     return min(n_ctx_train, DEFAULT_CTX) if n_ctx_train > 0 else DEFAULT_CTX
 
 
+def sampling_from(value: dict) -> Sampling:
+    """The sampling part of the effective settings."""
+    keys = ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed")
+    return Sampling(**{k: value[k] for k in keys})
+
+
 @contextmanager
 def open_session(bundle, settings: dict, *, verbose: bool = False):
     """Yield (Session, Sampling) for ``bundle``; the model is freed on exit."""
@@ -47,15 +53,7 @@ def open_session(bundle, settings: dict, *, verbose: bool = False):
     try:
         threads = value["threads"] or hardware.physical_cores()
         session = Session(model, n_ctx=context_size(value["ctx_size"], model.n_ctx_train), n_threads=threads)
-        sampling = Sampling(
-            temp=value["temp"],
-            top_k=value["top_k"],
-            top_p=value["top_p"],
-            min_p=value["min_p"],
-            repeat_penalty=value["repeat_penalty"],
-            seed=value["seed"],
-        )
-        yield session, sampling
+        yield session, sampling_from(value)
     finally:
         if session is not None:
             session.close()

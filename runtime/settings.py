@@ -61,6 +61,9 @@ SETTINGS: dict[str, Setting] = {
     "threads": Setting(int, 0, "CPU threads; 0 uses the physical cores", 0, 1024),
     "gpu_layers": Setting(int, -1, "layers to offload to a GPU; -1 all when one is found", -1, 100_000),
     "system": Setting(str, "", "system prompt for chat"),
+    "host": Setting(str, "127.0.0.1", "address the server listens on"),
+    "port": Setting(int, 8080, "server port; if taken, the next free one is used", 0, 65535),
+    "api_key": Setting(str, "", "require this key (Authorization: Bearer KEY) for the API"),
 }
 
 # GGUF keys a model may carry for its own recommended sampling.

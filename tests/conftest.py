@@ -45,7 +45,9 @@ def stub(tmp_path_factory) -> Path:
     """The real PyInstaller runtime stub, built once per test session."""
     from bundler import stub as stubmod
 
-    cache = tmp_path_factory.mktemp("stub-cache")
+    # A developer may keep stubs between runs (the cache is keyed by content, so it is safe);
+    # CI leaves this unset and builds the stub from this checkout every run.
+    cache = os.environ.get("LLAMABUNDLE_TEST_STUB_CACHE") or tmp_path_factory.mktemp("stub-cache")
     old = os.environ.get("LLAMABUNDLE_CACHE")
     os.environ["LLAMABUNDLE_CACHE"] = str(cache)
     try:
@@ -96,3 +98,57 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(err.splitlines()) == 1, err
     for needle in needles:
         assert needle in err, err
+
+
+class Served:
+    """A built executable running as a server (`--server --port 0`)."""
+
+    def __init__(self, exe: Path, *args: str, env=None):
+        self.proc = subprocess.Popen(
+            [str(exe), "--server", "--port", "0", *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        line = self.proc.stdout.readline()
+        if " at http://" not in line:
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {line!r} {self.proc.stderr.read()}")
+        self.url = line.split(" at ", 1)[1].split(" ", 1)[0].rstrip("/")
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def wait_ready(self, timeout: float = 60.0) -> dict:
+        import json
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                    return json.load(r)
+            except urllib.error.HTTPError as e:
+                if e.code != 503:
+                    raise
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("server never became ready")
+
+    def stop(self) -> int:
+        """Stop the server (SIGTERM) and return its exit code; its stderr lands in .stderr."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=10)
+        finally:
+            self.stderr = self.proc.stderr.read()
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def served(bundle):
+    s = Served(bundle)
+    s.wait_ready()
+    yield s
+    s.stop()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,20 @@ def test_cli_ends_on_end_of_input(bundle):
     assert proc.returncode == 0 and proc.stdout == "> \n"
 
 
-def test_plain_run_starts_the_chat(bundle):
-    proc = run_exe(bundle, input="/bye\n")
-    assert proc.returncode == 0 and proc.stdout == "> "
-    assert "Chatting with stories260K.gguf" in proc.stderr
+def test_plain_run_serves_the_web_chat(bundle):
+    proc = subprocess.Popen([str(bundle), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "DISPLAY": ""})  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("Serving stories260K.gguf at http://127.0.0.1:"), line
+        url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def test_info(bundle):

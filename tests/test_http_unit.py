@@ -1,0 +1,54 @@
+"""The HTTP layer in-process: /health is 503 while the model loads, then 200."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+
+from bundler import fuse
+from runtime import payload, routes, server
+from runtime.settings import resolve
+from runtime.worker import Worker
+
+
+def _get(port, method, path, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=json.dumps(body) if body else None)
+    r = conn.getresponse()
+    data = json.loads(r.read())
+    conn.close()
+    return r.status, data
+
+
+def test_health_reports_loading_then_ready(dummy_stub, model, tmp_path):
+    path = fuse.fuse(dummy_stub, model, tmp_path / "tales").path
+    bundle = payload.read_bundle(str(path))
+    settings = resolve({"port": 0}, environ={})
+    worker = Worker(bundle, settings)  # not started yet: the model is still loading
+    app = routes.App(bundle, settings, worker, verbose=False, loopback_only=True, static={})
+    srv = server.Server(("127.0.0.1", 0), app)
+    port = srv.server_address[1]
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        assert _get(port, "GET", "/health") == (503, {"status": "loading"})
+        status, body = _get(port, "POST", "/v1/completions", {"prompt": "x"})
+        assert status == 503 and body["error"]["code"] == "model_loading"
+        assert _get(port, "GET", "/props")[1]["n_ctx"] == 2048
+        worker.start()
+        assert worker.ready.wait(60) and worker.state == "ready"
+        status, health = _get(port, "GET", "/health")
+        assert status == 200 and health["status"] == "ok"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        worker.stop()
+
+
+def test_host_header_parsing():
+    assert server.host_name("localhost:8080") == "localhost"
+    assert server.host_name("[::1]:8080") == "::1"
+    assert server.is_loopback("127.0.0.2") and server.is_loopback("::1")
+    assert server.is_loopback("app.localhost")
+    assert not server.is_loopback("example.com") and not server.is_loopback("")
+    assert not server.is_loopback("192.168.1.10")

@@ -1,0 +1,138 @@
+"""The bundled web chat in a real browser (Debian's Chromium via Playwright),
+served by a real built executable, with every request to any other host refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import ROOT, Served
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARTIFACTS = ROOT / "test-artifacts"
+URL_RE = re.compile(r"(?i)\b(?:https?|wss?|ftp):|(?<![\w'\"/])//[\w.-]+\.\w|@import|url\(\s*['\"]?(?!data:|/)")
+
+
+def test_page_sources_name_no_outside_host():
+    for name in ("index.html", "chat.js", "chat.css"):
+        text = (ROOT / "templates" / name).read_text()
+        assert not URL_RE.search(text), f"{name}: {URL_RE.search(text).group(0)!r}"
+        assert "innerHTML" not in text and "eval(" not in text and "new Function" not in text
+        assert not re.search(r"<[^>]+\son\w+\s*=", text), f"{name} has an inline handler"
+
+
+@pytest.fixture(scope="module")
+def server(bundle):
+    s = Served(bundle, "--temp", "0")
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def page(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: run ./install.sh (it installs Debian's chromium)")
+    own = urlsplit(server.url).netloc
+    refused, errors = [], []
+    short_tmp = tempfile.mkdtemp(prefix="lb-", dir="/tmp")  # Chromium's socket paths must be short
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS,
+                                     env={**os.environ, "TMPDIR": short_tmp})  # fmt: skip
+        ctx = browser.new_context(viewport={"width": 1100, "height": 800})
+
+        def gate(route):
+            if urlsplit(route.request.url).netloc == own:
+                route.continue_()
+            else:
+                refused.append(route.request.url)
+                route.abort()
+
+        ctx.route("**/*", gate)
+        pg = ctx.new_page()
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(server.url + "/")
+        pg.refused, pg.errors = refused, errors
+        yield pg
+        browser.close()
+    shutil.rmtree(short_tmp, ignore_errors=True)
+    assert refused == [], f"the page tried to reach other hosts: {refused}"
+
+
+def _complete(server, prompt: str, n: int) -> str:
+    req = urllib.request.Request(server.url + "/v1/completions", method="POST",
+                                 data=json.dumps({"prompt": prompt, "max_tokens": n}).encode())  # fmt: skip
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.load(r)["choices"][0]["text"]
+
+
+def _reply_text(page) -> str:
+    return page.evaluate(
+        "() => { const m = document.querySelectorAll('#messages .msg.assistant .content');"
+        " return m.length ? m[m.length - 1].textContent : ''; }"
+    )
+
+
+def _busy(page) -> bool:
+    return page.evaluate("() => document.body.classList.contains('busy')")
+
+
+def _wait(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_chat_streams_and_stops(page, server):
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    page.fill("#prompt", "Once upon a time")
+    page.keyboard.press("Enter")
+    _wait(lambda: len(_reply_text(page)) > 0)
+    lengths = set()
+    _wait(lambda: lengths.add(len(_reply_text(page))) or len(lengths) >= 3)  # text grows as it streams
+    assert _busy(page), "not busy while streaming"
+    page.click("#stop")
+    _wait(lambda: not _busy(page))
+    stopped = _reply_text(page)
+    time.sleep(0.5)
+    assert _reply_text(page) == stopped, "text kept arriving after Stop"
+    # What was shown is the start of the model's greedy answer, and only the start.
+    full = _complete(server, "Once upon a time", 400)
+    # (compared without whitespace: the page renders paragraphs as elements, not newlines)
+    assert "".join(full.split()).startswith("".join(stopped.split())), (stopped, full)
+    assert len(stopped) < len(full)
+    _wait(lambda: page.evaluate("() => fetch('/health').then(r => r.json())")["busy"] is False)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webchat.png"))
+    assert page.errors == [], page.errors
+
+
+def test_conversation_survives_reload_and_new_chat(page):
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    page.fill("#prompt", "One day")
+    page.keyboard.press("Enter")
+    _wait(lambda: len(_reply_text(page)) > 20)
+    page.keyboard.press("Escape")
+    _wait(lambda: not _busy(page))
+    page.reload()
+    _wait(lambda: page.locator("#messages .msg.user").count() == 1)
+    assert page.text_content("#messages .msg.user").strip().startswith("One day")
+    assert page.locator("#conversations .conversation").count() >= 1
+    page.click("#new-chat")
+    _wait(lambda: page.locator("#messages .msg.user").count() == 0)
