@@ -74,7 +74,7 @@ def ref_first_token(model: Path, threads: int) -> float | None:
     if not exe.exists():
         return None
     cmd = [str(exe), "-m", str(model), "-p", PROMPT, "-n", "16", "--temp", "0", "-t", str(threads),
-           "-no-cnv", "--no-display-prompt", "--log-disable"]  # fmt: skip
+           "-no-cnv", "--no-display-prompt"]  # fmt: skip
     first_token_seconds(cmd)
     return median([first_token_seconds(cmd) for _ in range(5)])
 

@@ -41,6 +41,9 @@ class Formatter:
         if self.plain:
             return Prompt(render_plain(messages), True, [])
         if self._jinja is None:
+            from .backend import full_package
+
+            full_package()
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             C, vocab = self.model.C, self.model.vocab

@@ -100,6 +100,12 @@ def test_info(bundle):
         assert ggml["cpu_variant"] in ("haswell", "zen", "alderlake")
 
 
+def test_gpu_layers_without_a_gpu_fall_back_with_one_line(bundle):
+    proc = run_exe(bundle, "-p", PROMPT, "-n", "8", "--temp", "0", "-ngl", "10")
+    assert proc.returncode == 0 and proc.stdout.strip()
+    assert proc.stderr == "no GPU found; running on the CPU\n"
+
+
 def test_version_and_help(bundle):
     v = run_exe(bundle, "--version")
     assert v.returncode == 0 and "llamabundle runtime" in v.stdout

@@ -23,10 +23,17 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 ARTIFACTS = ROOT / "test-artifacts"
-URL_RE = re.compile(r"(?i)\b(?:https?|wss?|ftp):|(?<![\w'\"/])//[\w.-]+\.\w|@import|url\(\s*['\"]?(?!data:|/)")
+URL_RE = re.compile(
+    r"(?i)\b(?:https?|wss?|ftp):"  # absolute URLs
+    r"|(?<![\w:/])//[\w-]+(?:\.[\w-]+)+"  # protocol-relative URLs
+    r"|@import|url\(\s*['\"]?(?!data:|/)"  # CSS imports and non-local url()
+)
 
 
 def test_page_sources_name_no_outside_host():
+    for bad in ('src="https://cdn.example/x.js"', "fetch('//evil.example/x')", "@import 'a.css'",
+                "background: url(fonts.example/f.woff)"):  # fmt: skip
+        assert URL_RE.search(bad), bad  # the scanner itself catches what it must
     for name in ("index.html", "chat.js", "chat.css"):
         text = (ROOT / "templates" / name).read_text()
         assert not URL_RE.search(text), f"{name}: {URL_RE.search(text).group(0)!r}"
@@ -136,3 +143,36 @@ def test_conversation_survives_reload_and_new_chat(page):
     assert page.locator("#conversations .conversation").count() >= 1
     page.click("#new-chat")
     _wait(lambda: page.locator("#messages .msg.user").count() == 0)
+
+
+def test_regenerate_and_edit_the_last_turn(page):
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    page.fill("#prompt", "The cat")
+    page.keyboard.press("Enter")
+    _wait(lambda: len(_reply_text(page)) > 40)
+    page.keyboard.press("Escape")
+    _wait(lambda: not _busy(page))
+    page.click("#messages .msg.assistant .regenerate")
+    _wait(lambda: _busy(page) or len(_reply_text(page)) > 0)
+    _wait(lambda: len(_reply_text(page)) > 40)
+    page.keyboard.press("Escape")
+    _wait(lambda: not _busy(page))
+    assert page.locator("#messages .msg.assistant").count() == 1  # replaced, not added
+    page.click("#messages .msg.user .edit")
+    _wait(lambda: page.locator("#messages .msg.user").count() == 0)
+    assert page.input_value("#prompt") == "The cat"
+
+
+def test_phone_sized_screen_and_keyboard(page):
+    page.set_viewport_size({"width": 375, "height": 700})
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 375  # no sideways scroll
+    assert page.is_visible("#prompt") and page.is_visible("#send")
+    page.focus("#prompt")
+    page.keyboard.type("One day")
+    page.keyboard.press("Enter")  # keyboard alone: type, send, stop
+    _wait(lambda: len(_reply_text(page)) > 10)
+    page.keyboard.press("Escape")
+    _wait(lambda: not _busy(page))
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webchat-phone.png"))
