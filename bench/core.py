@@ -10,23 +10,21 @@ Medians over --runs runs, with a warm page cache (one untimed run first).
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import LLAMABUNDLE, PROMPT, cached_stub, parse_args
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 REF = HERE / ".cache" / "llama.cpp" / "bin"
-PROMPT = "Once upon a time"
-LLAMABUNDLE = Path(sys.executable).with_name("llamabundle")
 
 
 def median(xs):
@@ -80,15 +78,10 @@ def ref_first_token(model: Path, threads: int) -> float | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", action="append", type=Path)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("-n", type=int, default=128)
-    args = ap.parse_args()
-    models = args.model or [ROOT.parent / "shared" / "models" / "stories260K.gguf"]
+    args = parse_args(__doc__)
+    models = args.model
     threads = os.cpu_count() or 1
-    stub = Path(subprocess.run([str(LLAMABUNDLE), "stub"], capture_output=True, text=True,
-                               check=True).stdout.strip())  # fmt: skip
+    stub = cached_stub()
     with open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     print(f"Machine: {cpu}, {threads} threads, {platform.system()} {platform.release()}")

@@ -10,12 +10,10 @@ include HTTP and JSON costs), medians over --runs runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,9 +21,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from common import LLAMABUNDLE, PROMPT, cached_stub, parse_args
+
 HERE = Path(__file__).resolve().parent
-LLAMABUNDLE = Path(sys.executable).with_name("llamabundle")
-PROMPT = "Once upon a time"
 
 
 def start(bundle: Path):
@@ -70,13 +68,9 @@ def concurrent(url: str, n: int, clients: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", action="append", type=Path)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("-n", type=int, default=128)
-    args = ap.parse_args()
-    models = args.model or [HERE.parent.parent / "shared" / "models" / "stories260K.gguf"]
-    stub = subprocess.run([str(LLAMABUNDLE), "stub"], capture_output=True, text=True, check=True).stdout.strip()
+    args = parse_args(__doc__)
+    models = args.model
+    stub = str(cached_stub())
     print("| model | exec to /health 200 | -p t/s | HTTP t/s (1 client) | ratio | 4 clients, aggregate t/s |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

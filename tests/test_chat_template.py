@@ -7,9 +7,9 @@ import json
 
 import openai
 import pytest
+from ggufcopy import CHATML, copy_with
 
 from conftest import PROMPT, Served, run_cli, run_exe
-from ggufcopy import CHATML, copy_with
 
 pytestmark = pytest.mark.e2e
 

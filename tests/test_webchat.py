@@ -130,13 +130,19 @@ def test_chat_streams_and_stops(page, server):
     assert page.errors == [], page.errors
 
 
-def test_conversation_survives_reload_and_new_chat(page):
+def _ask_and_stop(page, text: str, min_chars: int) -> None:
+    """Send ``text`` from the keyboard, let the reply stream a little, stop it with Escape."""
     _wait(lambda: page.text_content("#model-name") == "stories260K")
-    page.fill("#prompt", "One day")
+    page.focus("#prompt")
+    page.keyboard.type(text)
     page.keyboard.press("Enter")
-    _wait(lambda: len(_reply_text(page)) > 20)
+    _wait(lambda: len(_reply_text(page)) > min_chars)
     page.keyboard.press("Escape")
     _wait(lambda: not _busy(page))
+
+
+def test_conversation_survives_reload_and_new_chat(page):
+    _ask_and_stop(page, "One day", 20)
     page.reload()
     _wait(lambda: page.locator("#messages .msg.user").count() == 1)
     assert page.text_content("#messages .msg.user").strip().startswith("One day")
@@ -146,12 +152,7 @@ def test_conversation_survives_reload_and_new_chat(page):
 
 
 def test_regenerate_and_edit_the_last_turn(page):
-    _wait(lambda: page.text_content("#model-name") == "stories260K")
-    page.fill("#prompt", "The cat")
-    page.keyboard.press("Enter")
-    _wait(lambda: len(_reply_text(page)) > 40)
-    page.keyboard.press("Escape")
-    _wait(lambda: not _busy(page))
+    _ask_and_stop(page, "The cat", 40)
     page.click("#messages .msg.assistant .regenerate")
     _wait(lambda: _busy(page) or len(_reply_text(page)) > 0)
     _wait(lambda: len(_reply_text(page)) > 40)
@@ -168,11 +169,6 @@ def test_phone_sized_screen_and_keyboard(page):
     _wait(lambda: page.text_content("#model-name") == "stories260K")
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 375  # no sideways scroll
     assert page.is_visible("#prompt") and page.is_visible("#send")
-    page.focus("#prompt")
-    page.keyboard.type("One day")
-    page.keyboard.press("Enter")  # keyboard alone: type, send, stop
-    _wait(lambda: len(_reply_text(page)) > 10)
-    page.keyboard.press("Escape")
-    _wait(lambda: not _busy(page))
+    _ask_and_stop(page, "One day", 10)  # keyboard alone: type, send, stop
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "webchat-phone.png"))
