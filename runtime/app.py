@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args, prog: str) -> int:
     if args.version:
-        print(f"{prog}: llamabundle runtime {__version__}, llama-cpp-python {_llama_version()}")
+        try:
+            b = payload.read_bundle(bundle_path(), check_header=False)
+            what = f" ({b.model['name']}, build {b.manifest['build']['build_id']})"
+        except RuntimeFailure:
+            what = ""
+        print(f"{prog}{what}: llamabundle runtime {__version__}, llama-cpp-python {_llama_version()}")
         return 0
     bundle = payload.read_bundle(bundle_path())
     from .settings import resolve

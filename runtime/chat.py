@@ -121,11 +121,22 @@ def run_cli(
         print(PLAIN_NOTE, file=stderr)
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
-    while True:
-        stdout.write("> ")
-        stdout.flush()
+    interactive = stdin.isatty() and stdout.isatty()
+    if interactive:
         try:
-            line = stdin.readline()
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+    while True:
+        try:
+            if interactive:
+                line = input("> ") + "\n"
+            else:
+                stdout.write("> ")
+                stdout.flush()
+                line = stdin.readline()
+        except EOFError:
+            line = ""
         except KeyboardInterrupt:
             line = ""
         if not line:
