@@ -18,9 +18,12 @@ from runtime import payload
 
 from . import gguf_info
 from .errors import InputError, OutputError
+from .launcher import cookie_tail
+from .split import write_parts
 from .stub import executable_kind
 
 CHUNK = 8 << 20
+WINDOW_LOG = 27  # 128 MiB: the largest window zstd decoders accept by default
 
 
 @dataclass(frozen=True)
@@ -54,18 +57,27 @@ def check_output(model: Path, out: Path) -> None:
         raise OutputError(f"cannot write {out}: directory {parent} is not writable")
 
 
-def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None, progress=None) -> Result:
-    """Write ``out`` = stub + aligned model + manifest + trailer; return what was written.
+def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
+         compress_level: int | None = None, split_size: int | None = None, progress=None) -> Result:
+    """Write ``out`` = stub + stored model + manifest + trailer; return what was written.
 
-    ``progress(n_bytes)`` is called as model bytes are copied.
+    The model is stored as it is (mapped in place at run time), compressed with
+    zstandard (``compress_level``), or as GGUF shards beside ``out`` (``split_size``).
+    ``progress(n_bytes)`` is called as model bytes are read.
     """
     stub, model, out = Path(stub), Path(model), Path(out)
     check_output(model, out)
     described = gguf_info.describe(str(model))
     kind = executable_kind(stub)
     stub_len = stub_bytes_len(stub)
+    if split_size is None and compress_level is None and kind["os"] == "windows":
+        if stub_len + described["size"] + (1 << 20) > payload.MAX_FILE:
+            raise OutputError(
+                f"{out.name} would be {(stub_len + described['size']) / 2**30:.1f} GiB, and Windows will "
+                "not run an executable of 4 GiB or more; add --split to keep the weights in parts beside it"
+            )
+    parts = write_parts(model, out, split_size, progress) if split_size else None
     source_date_epoch = os.environ.get("SOURCE_DATE_EPOCH")
-
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     except OSError as e:
@@ -74,24 +86,27 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None, pr
         with os.fdopen(fd, "wb") as raw_dst:
             dst = _HashingWriter(raw_dst)
             stub_sha = _copy(stub, dst, stub_len, hashlib.sha256())
-            offset = payload.align_up(stub_len)
-            dst.write(b"\0" * (offset - stub_len))
-            header = hashlib.sha256()
-            model_sha = _copy(model, dst, described["size"], hashlib.sha256(), header,
-                              described["header_size"], progress)  # fmt: skip
-            model_entry = {
-                "name": model.name,
-                "offset": offset,
-                "size": described["size"],
-                "sha256": model_sha,
-                "header_size": described["header_size"],
-                "header_sha256": header.hexdigest(),
-                "gguf": described["gguf"],
-            }
+            entry = {"name": model.name, "size": described["size"], "header_size": described["header_size"],
+                     "gguf": described["gguf"], "parts": parts or []}  # fmt: skip
+            if parts:
+                entry.update(storage="split", offset=0, stored_size=0, stored_sha256="",
+                             **_hash_model(model, described["header_size"]))  # fmt: skip
+            else:
+                offset = payload.align_up(stub_len)
+                dst.write(b"\0" * (offset - stub_len))
+                stored = _HashingWriter(dst)
+                if compress_level is None:
+                    raw_hashes = _copy_model(model, stored, described, progress)
+                else:
+                    raw_hashes = _compress_model(model, stored, described, compress_level, progress)
+                entry.update(storage="embedded" if compress_level is None else "zstd", offset=offset,
+                             stored_size=stored.count, stored_sha256=stored.digest.hexdigest(),
+                             **raw_hashes)  # fmt: skip
             baked = dict(sorted((settings or {}).items()))
-            build_id = hashlib.sha256(
-                payload.encode_manifest({"stub": stub_sha, "model": model_sha, "settings": baked})
-            ).hexdigest()[:16]
+            build_id = hashlib.sha256(payload.encode_manifest(
+                {"stub": stub_sha, "model": entry["sha256"], "storage": entry["storage"],
+                 "stored": entry["stored_sha256"], "parts": parts or [], "settings": baked}
+            )).hexdigest()[:16]  # fmt: skip
             manifest = {
                 "schema": payload.MANIFEST_SCHEMA,
                 "build": {
@@ -100,16 +115,20 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None, pr
                     "source_date_epoch": int(source_date_epoch) if source_date_epoch else None,
                 },
                 "stub": {**kind, "size": stub_len, "sha256": stub_sha},
-                "model": model_entry,
+                "model": entry,
                 "settings": baked,
             }
             raw = payload.encode_manifest(manifest)
             m_off = raw_dst.tell()
             dst.write(raw)
-            dst.write(payload.encode_trailer(stub_len, m_off, raw))
+            tail = cookie_tail(stub, stub_len, m_off + len(raw))
+            dst.write(tail)
+            dst.write(payload.encode_trailer(stub_len, m_off, raw, len(tail)))
             raw_dst.flush()
             os.fsync(raw_dst.fileno())
             size, out_sha = raw_dst.tell(), dst.digest.hexdigest()
+        if size > payload.MAX_FILE and kind["os"] == "windows":
+            raise OutputError(f"{out.name} would be over 4 GiB, which Windows will not run; add --split")
         os.chmod(tmp, 0o755)
         os.replace(tmp, out)
     except OSError as e:
@@ -121,16 +140,49 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None, pr
     return Result(path=out, size=size, sha256=out_sha, manifest=manifest)
 
 
+def _copy_model(model: Path, dst, described: dict, progress) -> dict:
+    header = hashlib.sha256()
+    sha = _copy(model, dst, described["size"], hashlib.sha256(), header, described["header_size"], progress)
+    return {"sha256": sha, "header_sha256": header.hexdigest()}
+
+
+def _compress_model(model: Path, dst, described: dict, level: int, progress) -> dict:
+    """zstandard, multi-threaded, with long-distance matching, as one frame."""
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=described["size"], threads=-1, enable_ldm=True,
+        window_log=WINDOW_LOG, write_checksum=True, write_content_size=True,
+    )  # fmt: skip
+    writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
+        dst, size=described["size"], closefd=False, write_return_read=True
+    )
+    header = hashlib.sha256()
+    sha = _copy(model, writer, described["size"], hashlib.sha256(), header,
+                described["header_size"], progress)  # fmt: skip
+    writer.flush(zstandard.FLUSH_FRAME)
+    writer.close()
+    return {"sha256": sha, "header_sha256": header.hexdigest()}
+
+
+def _hash_model(model: Path, header_size: int) -> dict:
+    header = hashlib.sha256()
+    sha = _copy(model, None, model.stat().st_size, hashlib.sha256(), header, header_size)
+    return {"sha256": sha, "header_sha256": header.hexdigest()}
+
+
 class _HashingWriter:
-    """Writes through to a file and hashes every byte, so the bundle's own sha256
-    comes out of the single pass that writes it."""
+    """Writes through and hashes (and counts) every byte, so the sha256 of what was
+    written comes out of the single pass that writes it."""
 
     def __init__(self, f):
-        self.f, self.digest = f, hashlib.sha256()
+        self.f, self.digest, self.count = f, hashlib.sha256(), 0
 
-    def write(self, data) -> None:
+    def write(self, data) -> int:
         self.digest.update(data)
         self.f.write(data)
+        self.count += len(data)
+        return len(data)
 
 
 def _copy(src: Path, dst, length: int, digest, head=None, head_len=0, progress=None) -> str:
@@ -151,7 +203,8 @@ def _copy(src: Path, dst, length: int, digest, head=None, head_len=0, progress=N
             digest.update(chunk)
             if head is not None and done < head_len:
                 head.update(chunk[: head_len - done])
-            dst.write(chunk)
+            if dst is not None:
+                dst.write(chunk)
             left -= n
             done += n
             if progress:

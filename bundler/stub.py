@@ -121,6 +121,9 @@ def build_stub(target: Path, log=print) -> None:
             "--specpath", str(tmp), "--paths", str(root),
             "--hidden-import", "llama_cpp.llama_cpp",
             "--hidden-import", "llama_cpp.llama_chat_format",
+            "--hidden-import", "zstandard",
+            "--exclude-module", "zstandard._cffi",  # the C backend is enough
+            "--exclude-module", "cffi",
             "--copy-metadata", "llama_cpp_python",
         ]  # fmt: skip
         if (root / "templates").is_dir() and any((root / "templates").iterdir()):

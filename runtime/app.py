@@ -51,6 +51,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     mode.add_argument("--info", action="store_true", help="show what is inside and the hardware")
     mode.add_argument("--json", action="store_true", help="with --info: print JSON")
     mode.add_argument("--version", action="store_true", help="print versions and exit")
+    mode.add_argument("--verify", action="store_true",
+                      help="check the sha256 of every byte of runtime and model, and exit")  # fmt: skip
     s = p.add_argument_group("settings")
     s.add_argument("-n", "--n-predict", type=int, help="tokens to generate (-1: until the model stops)")
     s.add_argument("--temp", type=float, help="temperature; 0 is greedy and deterministic")
@@ -66,6 +68,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     s.add_argument("--host", help="server address (default 127.0.0.1; 0.0.0.0 exposes it)")
     s.add_argument("--port", type=int, help="server port (default 8080, or the next free one)")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on API calls")
+    p.add_argument("--cache-dir", help="where a compressed bundle unpacks its model (default: "
+                   "$LLAMABUNDLE_CACHE or ~/.cache/llamabundle)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's own logs")
     p.add_argument("--timings", action="store_true", help="with -p: print speed figures on stderr")
     return p
@@ -113,6 +117,8 @@ def run(args, prog: str) -> int:
         print(f"{prog}{what}: llamabundle runtime {__version__}, llama-cpp-python {_llama_version()}")
         return 0
     bundle = payload.read_bundle(bundle_path())
+    if args.verify:
+        return _verify(bundle, prog)
     from .settings import resolve
 
     flags = {k: v for k, v in vars(args).items() if v is not None and k in _SETTING_FLAGS}
@@ -128,10 +134,13 @@ def run(args, prog: str) -> int:
     if args.prompt is None and not args.cli:
         from .server import serve
 
-        return serve(bundle, settings, open_browser=not args.server, verbose=args.verbose)
+        return serve(bundle, settings, open_browser=not args.server, verbose=args.verbose,
+                     cache_dir=args.cache_dir)  # fmt: skip
     from .session import open_session
 
-    with open_session(bundle, settings, verbose=args.verbose) as (session, sampling):
+    with open_session(bundle, settings, verbose=args.verbose, cache_dir=args.cache_dir) as (
+        session, sampling,
+    ):  # fmt: skip
         value = {k: v for k, (v, _) in settings.items()}
         if args.prompt is not None:
             return _complete(session, sampling, args.prompt, value["n_predict"], args.timings)
@@ -139,11 +148,12 @@ def run(args, prog: str) -> int:
 
         return run_cli(
             session,
-            Formatter(session.model),
+            Formatter(session.model, value["chat_template"] or None),
             sampling,
             max_tokens=value["n_predict"],
             system=value["system"],
-            title=bundle.model["name"],
+            title=value["name"] or bundle.model["name"],
+            greeting=value["greeting"],
         )
 
 
@@ -172,6 +182,17 @@ def _complete(session, sampling, prompt: str, n_predict: int, timings: bool) -> 
             f"({stats.completion_tokens / tg if tg else 0:.1f} t/s)",
             file=sys.stderr,
         )
+    return 0
+
+
+def _verify(bundle, prog: str) -> int:
+    from .progress import Progress
+    from .verify import total_bytes, verify
+
+    with Progress("Verifying", total_bytes(bundle)) as progress:
+        checked = verify(bundle, progress)
+    print("\n".join(checked))
+    print(f"{prog}: OK, every byte matches its sha256 (build {bundle.manifest['build']['build_id']})")
     return 0
 
 

@@ -17,12 +17,14 @@ import importlib.util
 import os
 import sys
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ModelError
 
 _state: dict = {}
 _log_lines: list[str] = []
+_listeners: list = []
 LOG_KEEP = 200
 
 
@@ -137,11 +139,23 @@ def _set_logging(C, verbose: bool) -> None:
         line = (text or b"").decode("utf-8", "replace")
         _log_lines.append(line)
         del _log_lines[:-LOG_KEEP]
+        for listener in _listeners:
+            listener(line)
         if verbose:
             sys.stderr.write(line)
 
     _state["log_cb"] = C.llama_log_callback(on_log)  # keep a reference: C holds the pointer
     C.llama_log_set(_state["log_cb"], ctypes.c_void_p(0))
+
+
+@contextmanager
+def log_listener(fn):
+    """Call ``fn(line)`` for each llama.cpp log line while the block runs."""
+    _listeners.append(fn)
+    try:
+        yield
+    finally:
+        _listeners.remove(fn)
 
 
 def recent_logs() -> str:

@@ -27,34 +27,56 @@ class Prompt:
     stop: list[str]
 
 
+def named_formats() -> dict:
+    """Chat formats llama-cpp-python registers by name ("chatml", "llama-3", ...), as
+    {name: formatter}; handlers that are not plain formatters are left out."""
+    from .backend import full_package
+
+    full_package()
+    from llama_cpp import llama_chat_format as lcf
+
+    out = {}
+    for name, handler in lcf.LlamaChatCompletionHandlerRegistry()._chat_handlers.items():
+        code = getattr(handler, "__code__", None)
+        if code is not None and "chat_formatter" in code.co_freevars:
+            out[name] = handler.__closure__[code.co_freevars.index("chat_formatter")].cell_contents
+    return out
+
+
 class Formatter:
+    """Renders messages with (in order) a baked template or format name, the model's
+    own template, or the plain completion-style fallback."""
+
     def __init__(self, model, template: str | None = None):
         self.model = model
-        self.template = template if template is not None else model.chat_template()
-        self._jinja = None
+        self.template = template or model.chat_template()
+        self._format = None
 
     @property
     def plain(self) -> bool:
         return not self.template
 
+    def _formatter(self):
+        if self._format is None:
+            named = named_formats()
+            if self.template in named:
+                self._format = named[self.template]
+            else:
+                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+                C, vocab = self.model.C, self.model.vocab
+                bos, eos = C.llama_vocab_bos(vocab), C.llama_vocab_eos(vocab)
+                self._format = Jinja2ChatFormatter(
+                    template=self.template,
+                    bos_token=self.model.token_text(bos) if bos >= 0 else "",
+                    eos_token=self.model.token_text(eos) if eos >= 0 else "",
+                )
+        return self._format
+
     def render(self, messages: list[dict]) -> Prompt:
         if self.plain:
             return Prompt(render_plain(messages), True, [])
-        if self._jinja is None:
-            from .backend import full_package
-
-            full_package()
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            C, vocab = self.model.C, self.model.vocab
-            bos = C.llama_vocab_bos(vocab)
-            eos = C.llama_vocab_eos(vocab)
-            self._jinja = Jinja2ChatFormatter(
-                template=self.template,
-                bos_token=self.model.token_text(bos) if bos >= 0 else "",
-                eos_token=self.model.token_text(eos) if eos >= 0 else "",
-            )
-        result = self._jinja(messages=messages)
+        result = self._formatter()(messages=messages)
         stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
         return Prompt(result.prompt, not result.added_special, stop)
 
@@ -111,6 +133,7 @@ def run_cli(
     max_tokens: int,
     system: str,
     title: str,
+    greeting: str = "",
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
@@ -119,6 +142,8 @@ def run_cli(
     print(f"Chatting with {title}. Type /bye or press Ctrl-D to quit, /clear to start over.", file=stderr)
     if formatter.plain:
         print(PLAIN_NOTE, file=stderr)
+    if greeting:
+        print(greeting, file=stdout)
     base = [{"role": "system", "content": system}] if system else []
     messages = list(base)
     interactive = stdin.isatty() and stdout.isatty()

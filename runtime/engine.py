@@ -60,30 +60,38 @@ _cache: dict = {}
 
 
 class Model:
-    """A GGUF model read in place from ``path`` at byte ``offset``."""
+    """A GGUF model mapped in place: one file read from byte ``offset`` on (through
+    ``llama_model_load_from_file_ptr``), or the shards of a split model."""
 
-    def __init__(self, path: str, offset: int, *, n_gpu_layers: int = 0):
+    def __init__(self, paths: list[str], offset: int = 0, *, n_gpu_layers: int = 0):
         C = backend.bindings()
-        self.C = C
-        libc, fseek = _libc()
-        self._fp = libc.fopen(os.fsencode(path), b"rb")
-        if not self._fp:
-            raise ModelError(f"cannot open {path}: {os.strerror(ctypes.get_errno())}")
-        if fseek(self._fp, offset, os.SEEK_SET) != 0:
-            libc.fclose(self._fp)
-            raise ModelError(f"cannot seek in {path}")
+        self.C, self._fp = C, None
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.load_mode = LOAD_MODE_MMAP
-        self.ptr = C.llama_model_load_from_file_ptr(ctypes.c_void_p(self._fp), params)
+        if len(paths) > 1:
+            arr = (ctypes.c_char_p * len(paths))(*(os.fsencode(p) for p in paths))
+            self.ptr = C.llama_model_load_from_splits(arr, len(paths), params)
+        else:
+            self.ptr = self._load_at(paths[0], offset, params)
         if not self.ptr:
-            libc.fclose(self._fp)
+            if self._fp:
+                _libc()[0].fclose(self._fp)
             self._fp = None
             detail = backend.recent_logs().splitlines()[-1:] or ["unknown error"]
             raise ModelError(f"llama.cpp could not load the model: {detail[0]}")
         self.vocab = C.llama_model_get_vocab(self.ptr)
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
+
+    def _load_at(self, path: str, offset: int, params):
+        libc, fseek = _libc()
+        self._fp = libc.fopen(os.fsencode(path), b"rb")
+        if not self._fp:
+            raise ModelError(f"cannot open {path}: {os.strerror(ctypes.get_errno())}")
+        if fseek(self._fp, offset, os.SEEK_SET) != 0:
+            raise ModelError(f"cannot seek in {path}")
+        return self.C.llama_model_load_from_file_ptr(ctypes.c_void_p(self._fp), params)
 
     def close(self) -> None:
         if getattr(self, "ptr", None):

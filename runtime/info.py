@@ -52,7 +52,8 @@ def show_info(bundle, settings: dict, *, as_json: bool, verbose: bool = False) -
         f"  arch    {g.get('architecture', '?')}, {g.get('parameters', 0):,} parameters, "
         f"{g.get('file_type', '?')}",
         f"  context trained {ctx_train:,}; using {context_size(settings['ctx_size'][0], ctx_train):,}",
-        f"  chat    {_chat_text(g)}",
+        f"  chat    {_chat_text(g, settings)}",
+        f"  stored  {_storage_text(model)}",
         f"CPU       {cpu['model'] or cpu['arch']} ({cpu['physical_cores']} cores, "
         f"{cpu['logical_cores']} threads)",
         f"  flags   {' '.join(cpu['flags']) or 'unknown'}",
@@ -74,8 +75,19 @@ def _shown(key: str, value):
     return "(set)" if key == "api_key" and value else value
 
 
-def _chat_text(g: dict) -> str:
+def _chat_text(g: dict, settings: dict) -> str:
+    value, source = settings["chat_template"]
+    if value:
+        return f"template from the {source} settings" if "{" in value else f"format {value!r} ({source})"
     return "template included" if g.get("chat_template") else "no chat template (plain completion style)"
+
+
+def _storage_text(model: dict) -> str:
+    if model["storage"] == "zstd":
+        return f"zstd-compressed ({_mib(model['stored_size'])}), unpacked once into the cache"
+    if model["storage"] == "split":
+        return f"in {len(model['parts'])} parts beside the executable"
+    return "embedded, mapped in place"
 
 
 def _placement(ggml: dict) -> str:

@@ -14,8 +14,9 @@ appended after it::
   Older schemas are migrated explicitly; newer ones are refused with a clear
   "built by a newer llamabundle" error.
 * The trailer is the last ``TRAILER.size`` bytes of the file: magic, layout
-  version, the manifest's position, length and CRC-32, and where the payload
-  (the end of the stub) starts.
+  version, the manifest's position, length and CRC-32, where the payload (the
+  end of the stub) starts, and the size of the launcher tail: a few bytes the
+  stub's own launcher looks for at the end of the file (see bundler/launcher.py).
 
 The bundler writes this format and the runtime reads it; neither repeats any
 of the constants below. This module uses the standard library only.
@@ -38,17 +39,29 @@ MANIFEST_SCHEMA = 1
 MODEL_ALIGNMENT = 64 * 1024
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
-# magic, layout version, flags, manifest crc32, payload start, manifest offset, manifest size
-TRAILER = struct.Struct("<8sHHIQQQ")
+# magic, layout version, flags, manifest crc32, payload start, manifest offset, manifest size,
+# launcher tail size (bytes between the manifest and this trailer), reserved
+TRAILER = struct.Struct("<8sHHIQQQII")
 
 # Manifest fields (schema 1). Kept here so the writer and the reader agree.
 #   schema:   int, MANIFEST_SCHEMA
 #   build:    {"llamabundle": version, "build_id": hex, "source_date_epoch": int | None}
 #   stub:     {"os", "arch", "format", "size", "sha256"}
-#   model:    {"name", "offset", "size", "sha256", "header_size", "header_sha256", "gguf": {...}}
+#   model:    the GGUF as given: {"name", "size", "sha256", "header_size", "header_sha256",
+#              "gguf": {...}}, and how it is stored:
+#             "storage": "embedded" (the GGUF itself at "offset", mmapped in place),
+#                        "zstd" (a zstandard frame at "offset", unpacked once into a cache), or
+#                        "split" (GGUF shards beside the executable, listed in "parts");
+#             "offset", "stored_size", "stored_sha256": the bytes in this file (0/"" for split);
+#             "parts": [{"file", "size", "sha256", "header_size", "header_sha256"}] for split
 #   settings: {key: value} baked in at build time
 MANIFEST_KEYS = ("schema", "build", "stub", "model", "settings")
-MODEL_KEYS = ("name", "offset", "size", "sha256", "header_size", "header_sha256", "gguf")
+MODEL_KEYS = ("name", "size", "sha256", "header_size", "header_sha256", "gguf",
+              "storage", "offset", "stored_size", "stored_sha256", "parts")  # fmt: skip
+PART_KEYS = ("file", "size", "sha256", "header_size", "header_sha256")
+STORAGES = ("embedded", "zstd", "split")
+# Windows will not run an executable of 4 GiB or more, and FAT32 holds no file that large.
+MAX_FILE = 4 * 2**30 - 1
 
 # Explicit migrations from older manifest schemas: {old_schema: fn(dict) -> dict of old_schema+1}.
 # Schema 1 is the first published schema, so there is nothing to migrate yet.
@@ -64,10 +77,12 @@ def encode_manifest(manifest: dict) -> bytes:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def encode_trailer(payload_start: int, manifest_offset: int, manifest_bytes: bytes) -> bytes:
+def encode_trailer(payload_start: int, manifest_offset: int, manifest_bytes: bytes, tail: int = 0) -> bytes:
+    """The trailer; ``tail`` bytes (the stub launcher's own locator, see bundler/launcher.py)
+    sit between the manifest and the trailer."""
     crc = zlib.crc32(manifest_bytes) & 0xFFFFFFFF
     return TRAILER.pack(
-        MAGIC, LAYOUT_VERSION, 0, crc, payload_start, manifest_offset, len(manifest_bytes)
+        MAGIC, LAYOUT_VERSION, 0, crc, payload_start, manifest_offset, len(manifest_bytes), tail, 0
     )
 
 
@@ -120,7 +135,7 @@ def _read(f: BinaryIO, path: str) -> Bundle:
     if size < TRAILER.size:
         raise PayloadError(f"{name} has no llamabundle payload (file is only {size} bytes)")
     f.seek(size - TRAILER.size)
-    magic, layout, _flags, crc, start, m_off, m_len = TRAILER.unpack(f.read(TRAILER.size))
+    magic, layout, _flags, crc, start, m_off, m_len, tail, _ = TRAILER.unpack(f.read(TRAILER.size))
     if magic != MAGIC:
         raise PayloadError(
             f"{name} has no llamabundle payload: the file is cut short or was not built by "
@@ -131,7 +146,8 @@ def _read(f: BinaryIO, path: str) -> Bundle:
             f"{name} was built by a newer llamabundle (payload layout {layout}, this runtime "
             f"reads up to {LAYOUT_VERSION}); use a newer runtime"
         )
-    if not (0 < start <= m_off and m_len <= MAX_MANIFEST_BYTES and m_off + m_len == size - TRAILER.size):
+    end_ok = m_off + m_len + tail == size - TRAILER.size
+    if not (0 < start <= m_off and m_len <= MAX_MANIFEST_BYTES and end_ok):
         raise PayloadError(f"{name} has a damaged payload trailer; rebuild the bundle")
     f.seek(m_off)
     raw = f.read(m_len)
@@ -173,30 +189,49 @@ def _check_layout(manifest: dict, name: str, start: int, m_off: int) -> None:
         missing = [f"model.{k}" for k in MODEL_KEYS if k not in model]
     if missing:
         raise PayloadError(f"{name} has an incomplete manifest (missing {', '.join(missing)})")
-    off, size, hsize = model["offset"], model["size"], model["header_size"]
-    if not all(isinstance(v, int) for v in (off, size, hsize)):
+    storage, off, stored = model["storage"], model["offset"], model["stored_size"]
+    if storage not in STORAGES:
+        raise PayloadError(
+            f"{name} stores its model as {storage!r}, which this runtime cannot read; use a newer runtime"
+        )
+    if not all(isinstance(v, int) for v in (off, stored, model["size"], model["header_size"])):
         raise PayloadError(f"{name} has a damaged manifest (bad model offsets)")
-    if off % MODEL_ALIGNMENT or off < start or off + size > m_off or not 0 < hsize <= size:
+    if not 0 < model["header_size"] <= model["size"]:
+        raise PayloadError(f"{name} has a damaged manifest (bad model header size)")
+    if storage == "split":
+        parts = model["parts"]
+        if not isinstance(parts, list) or not parts or not all(
+            isinstance(p, dict) and all(k in p for k in PART_KEYS) for p in parts
+        ):
+            raise PayloadError(f"{name} has a damaged manifest (bad list of model parts)")
+    elif off % MODEL_ALIGNMENT or off < start or off + stored > m_off or stored <= 0:
         raise PayloadError(f"{name} has a damaged manifest (model outside the payload)")
 
 
 def _check_model_header(f: BinaryIO, bundle: Bundle) -> None:
     """Hash the GGUF header and metadata (everything llama.cpp parses before the
     weights), so damaged metadata is refused here and never reaches llama.cpp."""
-    import hashlib
-
     model = bundle.model
-    f.seek(model["offset"])
-    digest = hashlib.sha256()
-    left = model["header_size"]
-    while left:
-        chunk = f.read(min(left, 1 << 20))
-        if not chunk:
-            break
-        digest.update(chunk)
-        left -= len(chunk)
-    if left or digest.hexdigest() != model["header_sha256"]:
+    if model["storage"] != "embedded":
+        return  # checked where those bytes are read: the unpacked cache file, the parts
+    if not header_ok(f, model["offset"], model["header_size"], model["header_sha256"]):
         raise PayloadError(
             f"{os.path.basename(bundle.path)} has a damaged model header; rebuild the bundle "
             "or run it with --verify for a full check"
         )
+
+
+def header_ok(f: BinaryIO, offset: int, size: int, sha256: str) -> bool:
+    """Whether the ``size`` bytes at ``offset`` hash to ``sha256``."""
+    import hashlib
+
+    f.seek(offset)
+    digest = hashlib.sha256()
+    left = size
+    while left:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            return False
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest.hexdigest() == sha256

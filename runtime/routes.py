@@ -28,8 +28,11 @@ class App:
         self.api_key = value["api_key"]
         self.system_prompt = value["system"]
         self.defaults, self.default_max = sampling_from(value), value["n_predict"]
-        self.model_id = Path(bundle.model["name"]).stem
-        self.model_ids = (self.model_id, bundle.model["name"])
+        stem = Path(bundle.model["name"]).stem
+        self.model_id = value["name"] or stem
+        self.model_ids = (self.model_id, stem, bundle.model["name"])
+        self.greeting = value["greeting"]
+        self.has_template = bool(value["chat_template"] or bundle.model["gguf"].get("chat_template"))
         self.fingerprint = f"llamabundle-{bundle.manifest['build']['build_id']}"
         self.planned_ctx = context_size(value["ctx_size"], bundle.model["gguf"].get("context_length", 0))
         self.active: set = set()
@@ -73,8 +76,8 @@ class App:
             "model": self.model_id,
             "n_ctx": session.n_ctx if session else self.planned_ctx,
             "system_prompt": self.system_prompt,
-            "chat_template": bool(self.bundle.model["gguf"].get("chat_template")),
-            "greeting": "",
+            "chat_template": self.has_template,
+            "greeting": self.greeting,
             "api_key_required": bool(self.api_key),
             "ready": self.worker.state == "ready",
         })  # fmt: skip

@@ -219,11 +219,13 @@ def bind(host: str, port: int, explicit_port: bool, app) -> Server:
     raise UsageError(f"port {port} on {host} is already in use; {hint}")
 
 
-def serve(bundle, settings: dict, *, open_browser: bool, verbose: bool = False) -> int:
+def serve(bundle, settings: dict, *, open_browser: bool, verbose: bool = False,
+          cache_dir: str | None = None) -> int:  # fmt: skip
     value = {k: v for k, (v, _) in settings.items()}
     host = value["host"]
-    app = routes.App(bundle, settings, Worker(bundle, settings, verbose=verbose), verbose=verbose,
-                     loopback_only=is_loopback(host), static=_load_static())  # fmt: skip
+    worker = Worker(bundle, settings, verbose=verbose, cache_dir=cache_dir)
+    app = routes.App(bundle, settings, worker, verbose=verbose, loopback_only=is_loopback(host),
+                     static=_load_static())  # fmt: skip
     server = bind(host, value["port"], settings["port"][1] != "default", app)
     port = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host

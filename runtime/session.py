@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 
-from . import backend, hardware
+from . import backend, hardware, source
 from .engine import Model, Sampling, Session
 
 DEFAULT_CTX = 4096
@@ -40,15 +40,16 @@ def sampling_from(value: dict) -> Sampling:
 
 
 @contextmanager
-def open_session(bundle, settings: dict, *, verbose: bool = False):
+def open_session(bundle, settings: dict, *, verbose: bool = False, cache_dir: str | None = None):
     """Yield (Session, Sampling) for ``bundle``; the model is freed on exit."""
     value = {k: v for k, (v, _) in settings.items()}
+    files = source.locate(bundle, cache_dir)
     backend.init(verbose=verbose)
     hw = {"cuda": hardware.cuda(), "metal": hardware.metal()}
     layers, note = gpu_plan(value["gpu_layers"], settings["gpu_layers"][1], hw, backend.devices())
     if note:
         print(note, file=sys.stderr)
-    model = Model(bundle.path, bundle.model["offset"], n_gpu_layers=layers)
+    model = Model(files.paths, files.offset, n_gpu_layers=layers)
     session = None
     try:
         threads = value["threads"] or hardware.physical_cores()

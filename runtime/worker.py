@@ -35,8 +35,8 @@ class Job:
 
 
 class Worker:
-    def __init__(self, bundle, settings: dict, *, verbose: bool = False):
-        self.bundle, self.settings, self.verbose = bundle, settings, verbose
+    def __init__(self, bundle, settings: dict, *, verbose: bool = False, cache_dir: str | None = None):
+        self.bundle, self.settings, self.verbose, self.cache_dir = bundle, settings, verbose, cache_dir
         self.state, self.error = "loading", None
         self.ready = threading.Event()
         self.jobs: queue.Queue = queue.Queue()
@@ -63,9 +63,10 @@ class Worker:
     # -- the worker thread ------------------------------------------------------
     def _run(self) -> None:
         try:
-            with open_session(self.bundle, self.settings, verbose=self.verbose) as (session, sampling):
+            with open_session(self.bundle, self.settings, verbose=self.verbose,
+                              cache_dir=self.cache_dir) as (session, sampling):  # fmt: skip
                 self.session, self.sampling = session, sampling
-                self.formatter = Formatter(session.model)
+                self.formatter = Formatter(session.model, self.settings["chat_template"][0] or None)
                 self.state = "ready"
                 self.ready.set()
                 try:

@@ -59,10 +59,11 @@ def _rewrite_manifest(path, change):
     """Replace the manifest with a changed one, keeping the trailer consistent."""
     b = payload.read_bundle(str(path))
     data = bytearray(path.read_bytes())
-    _, _, _, _, start, m_off, m_len = payload.TRAILER.unpack(data[-payload.TRAILER.size :])
+    _, _, _, _, start, m_off, m_len, tail, _ = payload.TRAILER.unpack(data[-payload.TRAILER.size :])
     manifest = change(json.loads(data[m_off : m_off + m_len]))
     raw = payload.encode_manifest(manifest)
-    path.write_bytes(bytes(data[:m_off]) + raw + payload.encode_trailer(b.payload_start, m_off, raw))
+    path.write_bytes(bytes(data[:m_off]) + raw + bytes(data[m_off + m_len : m_off + m_len + tail])
+                     + payload.encode_trailer(b.payload_start, m_off, raw, tail))
 
 
 @pytest.mark.parametrize(
@@ -126,8 +127,14 @@ def test_older_schema_goes_through_its_migration(monkeypatch, fused):
 
 
 def test_model_outside_payload_is_refused(fused):
-    _rewrite_manifest(fused.path, lambda m: {**m, "model": {**m["model"], "size": 10**12}})
+    _rewrite_manifest(fused.path, lambda m: {**m, "model": {**m["model"], "stored_size": 10**12}})
     with pytest.raises(PayloadError, match="outside the payload"):
+        payload.read_bundle(str(fused.path))
+
+
+def test_unknown_storage_is_refused_clearly(fused):
+    _rewrite_manifest(fused.path, lambda m: {**m, "model": {**m["model"], "storage": "brotli"}})
+    with pytest.raises(PayloadError, match="'brotli', which this runtime cannot read"):
         payload.read_bundle(str(fused.path))
 
 

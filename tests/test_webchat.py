@@ -3,19 +3,17 @@ served by a real built executable, with every request to any other host refused.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import ROOT, Served
+from conftest import ROOT, Served, run_exe
 
 pytestmark = pytest.mark.e2e
 
@@ -41,8 +39,10 @@ def test_page_sources_name_no_outside_host():
         assert not re.search(r"<[^>]+\son\w+\s*=", text), f"{name} has an inline handler"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(bundle):
+    """A fresh server per test: a KV cache reused from an earlier test would change how
+    the prompt is batched, and with it the last bits of the logits."""
     s = Served(bundle, "--temp", "0")
     s.wait_ready()
     yield s
@@ -81,13 +81,6 @@ def page(server):
     assert refused == [], f"the page tried to reach other hosts: {refused}"
 
 
-def _complete(server, prompt: str, n: int) -> str:
-    req = urllib.request.Request(server.url + "/v1/completions", method="POST",
-                                 data=json.dumps({"prompt": prompt, "max_tokens": n}).encode())  # fmt: skip
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.load(r)["choices"][0]["text"]
-
-
 def _reply_text(page) -> str:
     return page.evaluate(
         "() => { const m = document.querySelectorAll('#messages .msg.assistant .content');"
@@ -106,7 +99,7 @@ def _wait(cond, timeout=30.0):
         time.sleep(0.02)
 
 
-def test_chat_streams_and_stops(page, server):
+def test_chat_streams_and_stops(page, server, bundle):
     _wait(lambda: page.text_content("#model-name") == "stories260K")
     page.fill("#prompt", "Once upon a time")
     page.keyboard.press("Enter")
@@ -120,7 +113,7 @@ def test_chat_streams_and_stops(page, server):
     time.sleep(0.5)
     assert _reply_text(page) == stopped, "text kept arriving after Stop"
     # What was shown is the start of the model's greedy answer, and only the start.
-    full = _complete(server, "Once upon a time", 400)
+    full = run_exe(bundle, "-p", "Once upon a time", "-n", "400", "--temp", "0").stdout
     # (compared without whitespace: the page renders paragraphs as elements, not newlines)
     assert "".join(full.split()).startswith("".join(stopped.split())), (stopped, full)
     assert len(stopped) < len(full)
