@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,3 +28,21 @@ def cached_stub() -> Path:
     """This machine's runtime stub, built by `llamabundle stub` if it is not cached."""
     out = subprocess.run([str(LLAMABUNDLE), "stub"], capture_output=True, text=True, check=True)
     return Path(out.stdout.strip())
+
+
+def timed(cmd) -> float:
+    """Seconds a command takes to run to its end."""
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def first_token_seconds(cmd) -> float:
+    """Seconds from exec to the first byte the command prints (the first token for -p)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p.stdout.read(1)
+    dt = time.perf_counter() - t
+    p.stdout.read()
+    p.wait()
+    return dt

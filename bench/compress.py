@@ -13,26 +13,9 @@ import json
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from common import LLAMABUNDLE, PROMPT, cached_stub, parse_args
-
-
-def first_token(cmd, env=None) -> float:
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    p.stdout.read(1)
-    dt = time.perf_counter() - t
-    p.stdout.read()
-    p.wait()
-    return dt
-
-
-def timed(cmd) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - t
+from common import LLAMABUNDLE, PROMPT, cached_stub, first_token_seconds, parse_args, timed
 
 
 def main() -> None:
@@ -53,13 +36,13 @@ def main() -> None:
                                   text=True, check=True).stdout  # fmt: skip
             m = json.loads(info)["model"]
             q = ["-p", PROMPT, "-n", "4", "--temp", "0"]
-            first_token([str(plain), *q])
-            s_plain = statistics.median(first_token([str(plain), *q]) for _ in range(args.runs))
+            first_token_seconds([str(plain), *q])
+            s_plain = statistics.median(first_token_seconds([str(plain), *q]) for _ in range(args.runs))
             firsts, laters = [], []
             for i in range(args.runs):
                 cache = Path(tmp) / f"cache{i}"
-                firsts.append(first_token([str(packed), *q, "--cache-dir", str(cache)]))
-                laters.append(first_token([str(packed), *q, "--cache-dir", str(cache)]))
+                firsts.append(first_token_seconds([str(packed), *q, "--cache-dir", str(cache)]))
+                laters.append(first_token_seconds([str(packed), *q, "--cache-dir", str(cache)]))
             ratio = m["stored_size"] / m["size"]
             print(f"| {model.name} | {m['size'] / 1e6:.1f} MB | {m['stored_size'] / 1e6:.1f} MB "
                   f"| {ratio:.1%} | {t_plain:.2f} s | {t_packed:.2f} s | {s_plain:.2f} s "

@@ -17,10 +17,9 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from common import LLAMABUNDLE, PROMPT, cached_stub, parse_args
+from common import LLAMABUNDLE, PROMPT, cached_stub, first_token_seconds, parse_args, timed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -31,21 +30,6 @@ def median(xs):
     return statistics.median(xs)
 
 
-def timed(cmd, **kw) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, **kw)
-    return time.perf_counter() - t
-
-
-def first_token_seconds(cmd) -> float:
-    """Seconds from exec to the first byte of the completion on stdout."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    p.stdout.read(1)
-    dt = time.perf_counter() - t
-    p.stdout.read()
-    p.wait()
-    return dt
 
 
 def our_speed(bundle: Path, n: int, threads: int) -> float:
@@ -67,7 +51,7 @@ def ref_bench(model: Path, n: int, threads: int) -> float | None:
     return float(last.split(",")[-2].strip('"'))  # avg_ts
 
 
-def ref_first_token(model: Path, threads: int) -> float | None:
+def ref_first_token_seconds(model: Path, threads: int) -> float | None:
     exe = REF / "llama-completion"
     if not exe.exists():
         return None
@@ -102,7 +86,7 @@ def main() -> None:
             our_speed(out, args.n, threads)
             ours = median([our_speed(out, args.n, threads) for _ in range(args.runs)])
             ref = ref_bench(model, args.n, threads)
-            ref_first = ref_first_token(model, threads)
+            ref_first = ref_first_token_seconds(model, threads)
             size = model.stat().st_size
             print(
                 f"| {model.name} | {size / 1e6:.1f} MB | {t_build:.2f} s | {t_cp:.2f} s "

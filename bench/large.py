@@ -7,18 +7,10 @@
 from __future__ import annotations
 
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from common import LLAMABUNDLE, PROMPT, cached_stub, parse_args
-
-
-def timed(cmd) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - t
+from common import LLAMABUNDLE, PROMPT, cached_stub, parse_args, timed
 
 
 def main() -> None:

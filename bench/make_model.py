@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bundler.gguf_info import copy_metadata
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache" / "models"
 VOCAB_SOURCE = HERE.parent.parent / "shared" / "models" / "stories260K.gguf"
@@ -45,14 +47,7 @@ def write_f32(path: Path, preset: str, seed: int = 0) -> None:
     w.add_rope_dimension_count(n_embd // n_head)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(0)
-    for name, field in src.fields.items():  # copy the tokenizer as it is
-        if not name.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_array(name, field.contents())
-        else:
-            w.add_key_value(name, field.contents(), vtype)
+    copy_metadata(src, w, skip=lambda key: not key.startswith("tokenizer."))  # the tokenizer as it is
     n_vocab = len(src.get_field("tokenizer.ggml.tokens").contents())
     rng = np.random.default_rng(seed)
     kv = n_embd // n_head * n_head_kv

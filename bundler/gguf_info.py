@@ -102,3 +102,24 @@ def describe(path: str) -> dict:
             "metadata": metadata,
         },
     }
+
+
+def copy_metadata(reader, writer, skip=lambda key: False) -> None:
+    """Copy a GGUF's key/value metadata from a gguf reader to a gguf writer (all but the
+    fields the writer sets itself: the GGUF header, the architecture and split info)."""
+    import gguf
+
+    for name, field in reader.fields.items():
+        if name.startswith(("GGUF.", "split.")) or name == "general.architecture" or skip(name):
+            continue
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_array(name, field.contents())
+        else:
+            writer.add_key_value(name, field.contents(), field.types[0])
+
+
+def copy_tensors(reader, writer) -> None:
+    """Queue every tensor of the reader (memory-mapped, not loaded) on the writer."""
+    for t in reader.tensors:
+        shape = list(reversed(t.shape.tolist()))
+        writer.add_tensor(t.name, t.data, raw_shape=shape, raw_dtype=t.tensor_type)

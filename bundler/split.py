@@ -11,6 +11,7 @@ from pathlib import Path
 from runtime.payload import MAX_FILE
 
 from .errors import InputError, OutputError
+from .gguf_info import copy_metadata, copy_tensors
 
 DEFAULT_PART = MAX_FILE + 1 - 256 * 2**20  # 3.75 GiB: room for the biggest tensors to spill over
 
@@ -31,16 +32,8 @@ def write_parts(model: Path, out: Path, max_size: int, progress=None) -> list[di
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         base = Path(tmp) / "part.gguf"
         writer = gguf.GGUFWriter(str(base), arch, split_max_size=max_size)
-        for name, field in reader.fields.items():
-            if name.startswith("GGUF.") or name == "general.architecture" or name.startswith("split."):
-                continue
-            if field.types[0] == gguf.GGUFValueType.ARRAY:
-                writer.add_array(name, field.contents())
-            else:
-                writer.add_key_value(name, field.contents(), field.types[0])
-        for t in reader.tensors:
-            shape = list(reversed(t.shape.tolist()))
-            writer.add_tensor(t.name, t.data, raw_shape=shape, raw_dtype=t.tensor_type)
+        copy_metadata(reader, writer)
+        copy_tensors(reader, writer)
         try:
             writer.write_header_to_file()
             writer.write_kv_data_to_file()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import runtime
+from runtime.source import cache_root
 
 from .errors import InputError, StubError
 
@@ -29,13 +30,6 @@ STUB_NAME = "llamabundle-runtime"
 SOURCE_DIRS = ("runtime", "templates")
 LLAMA_LIBS = ("libllama.so", "libggml.so.0", "libggml-base.so.0", "libllama.dylib", "libggml.0.dylib",
               "libggml-base.0.dylib", "llama.dll", "ggml.dll", "ggml-base.dll")  # fmt: skip
-
-
-def cache_root() -> Path:
-    if os.environ.get("LLAMABUNDLE_CACHE"):
-        return Path(os.environ["LLAMABUNDLE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "llamabundle"
 
 
 def project_root() -> Path:

@@ -63,12 +63,16 @@ class Model:
     """A GGUF model mapped in place: one file read from byte ``offset`` on (through
     ``llama_model_load_from_file_ptr``), or the shards of a split model."""
 
-    def __init__(self, paths: list[str], offset: int = 0, *, n_gpu_layers: int = 0):
+    def __init__(self, paths: list[str], offset: int = 0, *, n_gpu_layers: int = 0, progress=None):
+        """``progress(fraction)`` is told how far loading got (llama.cpp's own callback)."""
         C = backend.bindings()
         self.C, self._fp = C, None
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.load_mode = LOAD_MODE_MMAP
+        if progress is not None:
+            self._on_progress = C.llama_progress_callback(lambda frac, _ud: progress(frac) or True)
+            params.progress_callback = self._on_progress
         if len(paths) > 1:
             arr = (ctypes.c_char_p * len(paths))(*(os.fsencode(p) for p in paths))
             self.ptr = C.llama_model_load_from_splits(arr, len(paths), params)

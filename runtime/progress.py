@@ -17,7 +17,7 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        if self.enabled and self.done:
             self._draw(force=True)
             self.stream.write("\n")
             self.stream.flush()

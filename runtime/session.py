@@ -7,8 +7,10 @@ from contextlib import contextmanager
 
 from . import backend, hardware, source
 from .engine import Model, Sampling, Session
+from .progress import Progress
 
 DEFAULT_CTX = 4096
+LOAD_BAR_FROM = 256 << 20  # models smaller than this load too fast for a progress bar
 
 
 def gpu_plan(requested: int, source: str, hw: dict, devices: list[dict]) -> tuple[int, str | None]:
@@ -49,7 +51,17 @@ def open_session(bundle, settings: dict, *, verbose: bool = False, cache_dir: st
     layers, note = gpu_plan(value["gpu_layers"], settings["gpu_layers"][1], hw, backend.devices())
     if note:
         print(note, file=sys.stderr)
-    model = Model(files.paths, files.offset, n_gpu_layers=layers)
+    size = bundle.model["size"]
+    with Progress("Loading the model", size) as bar:
+        shown = [0]
+
+        def on_progress(fraction: float) -> None:
+            done = int(fraction * size)
+            bar(done - shown[0])
+            shown[0] = done
+
+        watch = on_progress if size > LOAD_BAR_FROM and bar.enabled else None
+        model = Model(files.paths, files.offset, n_gpu_layers=layers, progress=watch)
     session = None
     try:
         threads = value["threads"] or hardware.physical_cores()
