@@ -10,6 +10,14 @@ from .errors import InputError
 GGUF_MAGIC = b"GGUF"
 # Scalar metadata worth carrying in the manifest (the runtime reads settings from it).
 KEEP_PREFIXES = ("general.sampling.",)
+SHAPE_KEYS = {
+    "block_count": "{arch}.block_count",
+    "embedding_length": "{arch}.embedding_length",
+    "head_count": "{arch}.attention.head_count",
+    "head_count_kv": "{arch}.attention.head_count_kv",
+    "key_length": "{arch}.attention.key_length",
+    "value_length": "{arch}.attention.value_length",
+}
 
 
 def describe(path: str) -> dict:
@@ -99,6 +107,10 @@ def describe(path: str) -> dict:
             "context_length": int(value(f"{arch}.context_length", 0) or 0),
             "chat_template": reader.get_field("tokenizer.chat_template") is not None,
             "alignment": int(reader.alignment),
+            "shape": {  # what the runtime needs to size the KV cache before loading
+                key: int(v) for key, gguf_key in SHAPE_KEYS.items()
+                if isinstance(v := value(gguf_key.format(arch=arch)), int)
+            },  # fmt: skip
             "metadata": metadata,
         },
     }

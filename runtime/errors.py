@@ -23,3 +23,9 @@ class ModelError(RuntimeFailure):
     """llama.cpp could not load or run the model."""
 
     exit_code = 4
+
+
+class ResourceError(RuntimeFailure):
+    """Not enough memory or disk for what was asked."""
+
+    exit_code = 5

@@ -78,8 +78,34 @@ def physical_cores() -> int:
     return max(1, min(n, allowed))
 
 
+def _cgroup_room() -> int | None:
+    """Bytes this process's memory cgroup still allows (v1 or v2), or None."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files = (f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup{path}/memory.current")
+        elif "memory" in controllers.split(","):
+            base = f"/sys/fs/cgroup/memory{path}"
+            files = (f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            with open(files[0]) as a, open(files[1]) as b:
+                limit, usage = a.read().strip(), b.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            return max(0, int(limit) - int(usage))
+    return None
+
+
 def memory() -> dict:
-    """Total and available system memory in bytes (0 when unknown)."""
+    """Total and available memory in bytes (0 when unknown), within this process's cgroup."""
     out = {"total": 0, "available": 0}
     try:
         with open("/proc/meminfo") as f:
@@ -92,6 +118,10 @@ def memory() -> dict:
             out["total"] = out["available"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             pass
+    room = _cgroup_room()
+    if room is not None:
+        out["available"] = min(out["available"] or room, room)
+        out["cgroup_available"] = room
     return out
 
 

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 
 from . import backend, hardware, source
 from .engine import Model, Sampling, Session
+from .memory import DEFAULT_CTX, plan_context
 from .progress import Progress
 
-DEFAULT_CTX = 4096
 LOAD_BAR_FROM = 256 << 20  # models smaller than this load too fast for a progress bar
 
 
@@ -30,6 +30,7 @@ def gpu_plan(requested: int, source: str, hw: dict, devices: list[dict]) -> tupl
 
 
 def context_size(requested: int, n_ctx_train: int) -> int:
+    """The context size to show before memory is looked at."""
     if requested > 0:
         return requested
     return min(n_ctx_train, DEFAULT_CTX) if n_ctx_train > 0 else DEFAULT_CTX
@@ -45,6 +46,7 @@ def sampling_from(value: dict) -> Sampling:
 def open_session(bundle, settings: dict, *, verbose: bool = False, cache_dir: str | None = None):
     """Yield (Session, Sampling) for ``bundle``; the model is freed on exit."""
     value = {k: v for k, (v, _) in settings.items()}
+    n_ctx = plan_context(bundle.model, value["ctx_size"])  # refuse now, not by the OOM killer
     files = source.locate(bundle, cache_dir)
     backend.init(verbose=verbose)
     hw = {"cuda": hardware.cuda(), "metal": hardware.metal()}
@@ -65,7 +67,7 @@ def open_session(bundle, settings: dict, *, verbose: bool = False, cache_dir: st
     session = None
     try:
         threads = value["threads"] or hardware.physical_cores()
-        session = Session(model, n_ctx=context_size(value["ctx_size"], model.n_ctx_train), n_threads=threads)
+        session = Session(model, n_ctx=n_ctx, n_threads=threads)
         yield session, sampling_from(value)
     finally:
         if session is not None:

@@ -36,3 +36,20 @@ def test_unknown_key_is_named():
 def test_integer_settings_refuse_fractions():
     with pytest.raises(UsageError, match="must be an integer"):
         check({"top_k": 2.5}, "bundle.toml")
+
+
+def test_context_plan_shrinks_to_fit_and_refuses_when_nothing_fits():
+    from runtime.errors import ResourceError
+    from runtime.memory import OVERHEAD, kv_cache_bytes, plan_context
+
+    gguf = {"context_length": 8192,
+            "shape": {"block_count": 32, "head_count": 32, "head_count_kv": 8, "embedding_length": 4096}}
+    model = {"name": "m.gguf", "size": 4 << 30, "gguf": gguf}
+    assert kv_cache_bytes(gguf, 4096) == 4096 * 32 * 8 * 256 * 2  # llama-3-8B-like: 512 MiB
+    roomy = model["size"] + kv_cache_bytes(gguf, 4096) + OVERHEAD
+    assert plan_context(model, 0, available=roomy) == 4096
+    assert plan_context(model, 0, available=roomy - 1) == 2048  # halved until it fits
+    with pytest.raises(ResourceError, match="try --ctx-size 2048"):
+        plan_context(model, 4096, available=roomy - 1)
+    with pytest.raises(ResourceError, match="too big for this machine"):
+        plan_context(model, 0, available=2 << 30)
