@@ -126,7 +126,7 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
             dst.write(raw)
             tail = cookie_tail(stub, stub_len, m_off + len(raw))
             dst.write(tail)
-            dst.write(payload.encode_trailer(stub_len, m_off, raw, len(tail)))
+            dst.write(payload.encode_trailer(stub_len, m_off, raw, tail))
             raw_dst.flush()
             os.fsync(raw_dst.fileno())
             size, out_sha = raw_dst.tell(), dst.digest.hexdigest()

@@ -77,12 +77,13 @@ def encode_manifest(manifest: dict) -> bytes:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def encode_trailer(payload_start: int, manifest_offset: int, manifest_bytes: bytes, tail: int = 0) -> bytes:
-    """The trailer; ``tail`` bytes (the stub launcher's own locator, see bundler/launcher.py)
-    sit between the manifest and the trailer."""
-    crc = zlib.crc32(manifest_bytes) & 0xFFFFFFFF
+def encode_trailer(payload_start: int, manifest_offset: int, manifest_bytes: bytes,
+                   tail: bytes = b"") -> bytes:  # fmt: skip
+    """The trailer. ``tail`` (the stub launcher's own locator, see bundler/launcher.py) sits
+    between the manifest and the trailer; the CRC-32 covers both."""
+    crc = zlib.crc32(manifest_bytes + tail) & 0xFFFFFFFF
     return TRAILER.pack(
-        MAGIC, LAYOUT_VERSION, 0, crc, payload_start, manifest_offset, len(manifest_bytes), tail, 0
+        MAGIC, LAYOUT_VERSION, 0, crc, payload_start, manifest_offset, len(manifest_bytes), len(tail), 0
     )
 
 
@@ -150,11 +151,13 @@ def _read(f: BinaryIO, path: str) -> Bundle:
     if not (0 < start <= m_off and m_len <= MAX_MANIFEST_BYTES and end_ok):
         raise PayloadError(f"{name} has a damaged payload trailer; rebuild the bundle")
     f.seek(m_off)
-    raw = f.read(m_len)
-    if len(raw) != m_len or zlib.crc32(raw) & 0xFFFFFFFF != crc:
-        raise PayloadError(f"{name} has a damaged manifest (checksum mismatch); rebuild the bundle")
+    raw = f.read(m_len + tail)
+    if len(raw) != m_len + tail or zlib.crc32(raw) & 0xFFFFFFFF != crc:
+        raise PayloadError(
+            f"{name} has a damaged manifest or trailer (checksum mismatch); rebuild the bundle"
+        )
     try:
-        manifest = json.loads(raw.decode())
+        manifest = json.loads(raw[:m_len].decode())
     except (UnicodeDecodeError, ValueError):
         raise PayloadError(f"{name} has an unreadable manifest; rebuild the bundle") from None
     manifest = migrate_manifest(manifest, name)

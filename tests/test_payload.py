@@ -62,8 +62,9 @@ def _rewrite_manifest(path, change):
     _, _, _, _, start, m_off, m_len, tail, _ = payload.TRAILER.unpack(data[-payload.TRAILER.size :])
     manifest = change(json.loads(data[m_off : m_off + m_len]))
     raw = payload.encode_manifest(manifest)
-    path.write_bytes(bytes(data[:m_off]) + raw + bytes(data[m_off + m_len : m_off + m_len + tail])
-                     + payload.encode_trailer(b.payload_start, m_off, raw, tail))
+    tail_bytes = bytes(data[m_off + m_len : m_off + m_len + tail])
+    path.write_bytes(bytes(data[:m_off]) + raw + tail_bytes
+                     + payload.encode_trailer(b.payload_start, m_off, raw, tail_bytes))
 
 
 @pytest.mark.parametrize(
