@@ -73,8 +73,11 @@ def test_no_file_outside_the_page_can_be_read(served, path):
 
 
 def test_a_huge_max_tokens_is_clamped_to_the_context(served):
-    body = {"prompt": "Once upon a time", "max_tokens": 10**12, "temperature": 0}
+    body = {"prompt": "Once upon a time", "max_tokens": 2**31 - 1, "temperature": 0}
     status, raw = post(served, "/v1/completions", json.dumps(body).encode())
     assert status == 200
     usage = json.loads(raw)["usage"]
     assert usage["total_tokens"] <= 2048 and usage["completion_tokens"] > 100
+    body["max_tokens"] = 10**12  # past any int32: a clear 400
+    status, raw = post(served, "/v1/completions", json.dumps(body).encode())
+    assert status == 400 and "max_tokens" in json.loads(raw)["error"]["message"]
