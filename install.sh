@@ -53,11 +53,16 @@ if [ -z "$whl" ] || ! wheel_ok "$whl"; then
   whl=$(ls "$wheels"/llama_cpp_python-*.whl | head -n1)
 fi
 
-# The web chat is tested in a real browser: Debian's Chromium, driven by Playwright.
-if [ ! -x /usr/bin/chromium ]; then
-  say "installing Chromium for the browser tests"
+# System tools the tests drive: Debian's Chromium (the web chat, through Playwright),
+# strace and iproute2 (the offline tests), curl (the README's examples).
+missing=""
+for pair in chromium:/usr/bin/chromium strace:/usr/bin/strace iproute2:/usr/sbin/ip curl:/usr/bin/curl; do
+  [ -x "${pair#*:}" ] || missing="$missing ${pair%%:*}"
+done
+if [ -n "$missing" ]; then
+  say "installing system packages for the tests:$missing"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
 say "installing llamabundle and its test dependencies"
