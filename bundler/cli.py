@@ -157,6 +157,8 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
                 shutil.rmtree(tmp, ignore_errors=True)
     except BundlerError as e:
         raise _fail(e) from None
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     run = output if output.is_absolute() or output.parent != Path() else Path(".") / output
     parts = result.manifest["model"]["parts"]
     extra = f", plus {len(parts)} model parts beside it" if parts else ""

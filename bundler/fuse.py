@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ class Result:
     size: int
     sha256: str
     manifest: dict
+    notes: tuple = ()
 
 
 def stub_bytes_len(stub: Path) -> int:
@@ -133,6 +137,11 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
         if size > payload.MAX_FILE and kind["os"] == "windows":
             raise OutputError(f"{out.name} would be over 4 GiB, which Windows will not run; add --split")
         os.chmod(tmp, 0o755)
+        notes = ()
+        if kind["os"] == "macos":
+            notes = _resign_for_macos(tmp, out)
+            if not notes:  # re-signed here: the bytes, and so the sha256, changed
+                out_sha = _file_sha256(tmp)
         os.replace(tmp, out)
     except OSError as e:
         _unlink(tmp)
@@ -140,7 +149,27 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
     except BaseException:
         _unlink(tmp)
         raise
-    return Result(path=out, size=size, sha256=out_sha, manifest=manifest)
+    return Result(path=out, size=os.path.getsize(out), sha256=out_sha, manifest=manifest, notes=notes)
+
+
+def _resign_for_macos(tmp: str, out: Path) -> tuple:
+    """Appended bytes break a Mach-O code signature; sign the bundle again, ad hoc,
+    where this machine can (macOS), and say how to otherwise."""
+    if sys.platform == "darwin" and shutil.which("codesign"):
+        proc = subprocess.run(["codesign", "-s", "-", "-f", tmp], capture_output=True, text=True)
+        if proc.returncode:
+            raise OutputError(f"codesign could not re-sign {out.name}: {proc.stderr.strip()}")
+        return ()
+    return (f"{out.name} is a macOS executable: re-sign it on a Mac before running it "
+            f"(codesign -s - -f {out.name})",)  # fmt: skip
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _copy_model(model: Path, dst, described: dict, progress) -> dict:

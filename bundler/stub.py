@@ -7,7 +7,6 @@ build, PyInstaller, Python) and kept in a content-addressed cache, so that
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.metadata as md
 import importlib.util
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import runtime
-from runtime.source import cache_root
+from runtime.source import cache_root, lock_file
 
 from .errors import InputError, StubError
 
@@ -43,12 +42,21 @@ def llama_cpp_dirs() -> tuple[Path, Path]:
         raise StubError("llama-cpp-python is not installed; run ./install.sh")
     pkg = Path(list(spec.submodule_search_locations)[0])
     lib, variants = pkg / "lib", pkg.parent / "bin"
-    if not list(variants.glob("libggml-cpu-*")):
+    if not backend_modules(variants) and backend_modules(lib):  # some platforms keep them in lib/
+        variants = lib
+    if not backend_modules(variants):
         raise StubError(
             f"llama-cpp-python has no ggml CPU variant modules in {variants}; it was not built "
             "with GGML_BACKEND_DL=ON and GGML_CPU_ALL_VARIANTS=ON: run ./install.sh"
         )
     return lib, variants
+
+
+def backend_modules(d: Path) -> list[Path]:
+    """ggml's CPU variant (and other backend) modules: libggml-cpu-*.so on Linux and
+    macOS, ggml-cpu-*.dll on Windows."""
+    return sorted(p for pat in ("libggml-*", "ggml-*") for p in d.glob(pat) if "base" not in p.name
+                  and p.suffix in (".so", ".dll", ".dylib"))  # fmt: skip
 
 
 def _sha256_file(path: Path, digest=None):
@@ -73,7 +81,7 @@ def stub_key() -> str:
         h.update(part.encode() + b"\0")
     root = project_root()
     files = [p for d in SOURCE_DIRS for p in (root / d).rglob("*") if p.is_file()]
-    files += [p for p in list(lib.iterdir()) + list(variants.glob("libggml-*")) if p.is_file()]
+    files += [p for p in list(lib.iterdir()) + backend_modules(variants) if p.is_file()]
     for p in sorted(files):
         if "__pycache__" in p.parts:
             continue
@@ -89,8 +97,7 @@ def cached_stub(rebuild: bool = False, log=print) -> Path:
     if target.exists() and not rebuild:
         return target
     target.parent.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent.parent / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the others wait and reuse it
+    with lock_file(target.parent.parent / f"{key}.lock"):  # one build at a time; others reuse it
         if target.exists() and not rebuild:
             return target
         build_stub(target, log=log)
@@ -125,7 +132,7 @@ def build_stub(target: Path, log=print) -> None:
         for name in LLAMA_LIBS:  # by the sonames libllama links to; the other copies are dead weight
             if (lib / name).exists():
                 cmd += ["--add-binary", f"{lib / name}{sep}llama_cpp/lib"]
-        for so in sorted(variants.glob("libggml-*")):
+        for so in backend_modules(variants):
             cmd += ["--add-binary", f"{so}{sep}ggml_backends"]
         cmd.append(str(root / "runtime" / "__main__.py"))
         env = dict(os.environ, PYTHONHASHSEED="0")

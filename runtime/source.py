@@ -80,7 +80,7 @@ def unpack(bundle: Bundle, root: Path) -> Path:
     except OSError as e:
         raise PayloadError(f"cannot create the model cache {target.parent}: {e.strerror}; "
                            "choose another place with --cache-dir") from None  # fmt: skip
-    with _lock(target.with_suffix(".lock")):
+    with lock_file(target.with_suffix(".lock")):
         if _cached(target, model):  # another first start unpacked it while we waited
             return target
         _remove_stale(target)
@@ -181,7 +181,7 @@ def _unlink(path: Path) -> None:
         pass
 
 
-class _lock:
+class lock_file:
     """An exclusive lock file (where the platform has fcntl), so two first starts
     unpack once; without it each unpacks to its own file and the rename is atomic."""
 

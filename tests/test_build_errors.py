@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 
@@ -99,3 +100,13 @@ def test_build_summary_line(work, dummy_stub, model):
     assert len(line.splitlines()) == 1
     assert str(work / "tales") in line and "sha256" in line and "run it with" in line
     _assert_nothing_written(work, "tales")
+
+
+def test_a_macos_stub_fused_here_says_how_to_re_sign(work, model):
+    stub = work / "runtime-macos"
+    stub.write_bytes(b"\xcf\xfa\xed\xfe" + (0x0100000C).to_bytes(4, "little") + bytes(4088))
+    proc = _build(model, work / "chat", stub)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: chat is a macOS executable" in proc.stderr and "codesign -s - -f chat" in proc.stderr
+    info = json.loads(run_cli(["inspect", str(work / "chat"), "--json"]).stdout)
+    assert info["stub"]["os"] == "macos" and info["stub"]["arch"] == "arm64"
