@@ -25,17 +25,18 @@ VOCAB_SOURCE = HERE.parent.parent / "shared" / "models" / "stories260K.gguf"
 
 # name: (n_embd, n_layer, n_head, n_head_kv, n_ff)
 PRESETS = {
+    "tiny": (512, 4, 8, 4, 1024),  # 9M parameters, 36 MB in F32: for tests that need some bulk
     "100m": (768, 12, 12, 4, 2048),
     "500m": (1536, 16, 16, 4, 4096),
 }
 FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15}
 
 
-def write_f32(path: Path, preset: str, seed: int = 0) -> None:
+def write_f32(path: Path, preset: str, seed: int = 0, vocab_source: Path = VOCAB_SOURCE) -> None:
     import gguf
 
     n_embd, n_layer, n_head, n_head_kv, n_ff = PRESETS[preset]
-    src = gguf.GGUFReader(str(VOCAB_SOURCE))
+    src = gguf.GGUFReader(str(vocab_source))
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(f"synthetic-llama-{preset}")
     w.add_context_length(2048)

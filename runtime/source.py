@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PayloadError
+from .errors import PayloadError, ResourceError
 from .payload import Bundle, header_ok
 from .progress import Progress
 from .verify import parts_paths
@@ -86,7 +86,7 @@ def unpack(bundle: Bundle, root: Path) -> Path:
         _remove_stale(target)
         free = shutil.disk_usage(target.parent).free
         if free < model["size"] + SPACE_MARGIN:
-            raise PayloadError(
+            raise ResourceError(
                 f"not enough free space to unpack the model: it needs {model['size'] / 2**20:,.0f} MiB in "
                 f"{target.parent}, which has {free / 2**20:,.0f} MiB free; free some space or choose "
                 "another place with --cache-dir"
@@ -97,7 +97,7 @@ def unpack(bundle: Bundle, root: Path) -> Path:
             os.replace(tmp, target)
         except OSError as e:
             _unlink(tmp)
-            raise PayloadError(
+            raise ResourceError(
                 f"cannot unpack the model into {target.parent}: {e.strerror or e}; "
                 "free some space or choose another place with --cache-dir"
             ) from None
@@ -163,6 +163,7 @@ def _remove_stale(target: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process that wrote a temporary file may still be writing it."""
     if pid == os.getpid():
         return False
     try:
@@ -171,7 +172,11 @@ def _alive(pid: int) -> bool:
         return False
     except OSError:
         return True
-    return True
+    try:  # a killed process nobody has reaped yet is a zombie: it writes nothing more
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _unlink(path: Path) -> None:
