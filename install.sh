@@ -54,9 +54,11 @@ if [ -z "$whl" ] || ! wheel_ok "$whl"; then
 fi
 
 # System tools the tests drive: Debian's Chromium (the web chat, through Playwright),
-# strace and iproute2 (the offline tests), curl (the README's examples).
+# strace and iproute2 (the offline tests), curl (the README's examples) and qemu-user
+# (old CPUs under emulation).
 missing=""
-for pair in chromium:/usr/bin/chromium strace:/usr/bin/strace iproute2:/usr/sbin/ip curl:/usr/bin/curl; do
+for pair in chromium:/usr/bin/chromium strace:/usr/bin/strace iproute2:/usr/sbin/ip curl:/usr/bin/curl \
+            qemu-user:/usr/bin/qemu-x86_64; do
   [ -x "${pair#*:}" ] || missing="$missing ${pair%%:*}"
 done
 if [ -n "$missing" ]; then
