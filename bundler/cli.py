@@ -137,7 +137,8 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
         baked = config_mod.baked_settings(config, settings)
         if qtype:
             qtype = quantize.check_type(qtype)
-        tensors = gguf_info.describe(str(model))["gguf"]["tensor_count"]  # fail fast, before the stub
+        described = gguf_info.describe(str(model))  # fail fast, before the stub
+        tensors = described["gguf"]["tensor_count"]
         fuse.check_output(model, output)
         stub_path = runtime_stub or stub.cached_stub(log=lambda m: click.echo(m, err=True))
         source, tmp = model, None
@@ -151,7 +152,8 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
             with _progress(source.stat().st_size, f"{label} {output.name}") as update:
                 result = fuse.fuse(stub_path, source, output, settings=baked,
                                    compress_level=(compress_level or DEFAULT_LEVEL) if compress else None,
-                                   split_size=part_size, progress=update)  # fmt: skip
+                                   split_size=part_size, progress=update,
+                                   described=None if qtype else described)  # fmt: skip
         finally:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -64,16 +64,18 @@ def check_output(model: Path, out: Path) -> None:
 
 
 def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
-         compress_level: int | None = None, split_size: int | None = None, progress=None) -> Result:
+         compress_level: int | None = None, split_size: int | None = None, progress=None,
+         described: dict | None = None) -> Result:
     """Write ``out`` = stub + stored model + manifest + trailer; return what was written.
 
     The model is stored as it is (mapped in place at run time), compressed with
     zstandard (``compress_level``), or as GGUF shards beside ``out`` (``split_size``).
-    ``progress(n_bytes)`` is called as model bytes are read.
+    ``progress(n_bytes)`` is called as model bytes are read. ``described`` is
+    ``gguf_info.describe(model)`` when the caller already has it.
     """
     stub, model, out = Path(stub), Path(model), Path(out)
     check_output(model, out)
-    described = gguf_info.describe(str(model))
+    described = described or gguf_info.describe(str(model))
     kind = executable_kind(stub)
     stub_len = stub_bytes_len(stub)
     if split_size is None and compress_level is None and kind["os"] == "windows":
