@@ -14,7 +14,7 @@ import ctypes.util
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import backend
 from .errors import ModelError, UsageError
@@ -40,9 +40,7 @@ class Stats:
     completion_tokens: int = 0
     prompt_seconds: float = 0.0
     generation_seconds: float = 0.0
-    first_token_at: float | None = None
     finish_reason: str = "stop"
-    extra: dict = field(default_factory=dict)
 
 
 def _libc():
@@ -241,8 +239,6 @@ class Session:
                     break
                 n += 1
                 stats.completion_tokens = n
-                if stats.first_token_at is None:
-                    stats.first_token_at = time.perf_counter()
                 text = utf8.decode(self.model.piece(token))
                 if text:
                     yield text

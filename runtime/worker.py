@@ -42,7 +42,7 @@ class Worker:
         self.jobs: queue.Queue = queue.Queue()
         self.busy = False
         self.generated_tokens = 0  # all tokens generated so far (a counter, like llama-server's metrics)
-        self.session = self.sampling = self.formatter = None
+        self.session = self.formatter = None
         self._embed_ctx = None
         self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
 
@@ -64,8 +64,8 @@ class Worker:
     def _run(self) -> None:
         try:
             with open_session(self.bundle, self.settings, verbose=self.verbose,
-                              cache_dir=self.cache_dir) as (session, sampling):  # fmt: skip
-                self.session, self.sampling = session, sampling
+                              cache_dir=self.cache_dir) as (session, _sampling):  # fmt: skip
+                self.session = session  # requests bring their own sampling
                 self.formatter = Formatter(session.model, self.settings["chat_template"][0] or None)
                 self.state = "ready"
                 self.ready.set()
