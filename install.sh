@@ -53,13 +53,14 @@ if [ -z "$whl" ] || ! wheel_ok "$whl"; then
   whl=$(ls "$wheels"/llama_cpp_python-*.whl | head -n1)
 fi
 
-# System tools the tests drive: Debian's Chromium (the web chat, through Playwright),
+# System packages: zstd's static library for the native launcher (bundler/native.py),
+# and the tools the tests drive: Debian's Chromium (the web chat, through Playwright),
 # strace and iproute2 (the offline tests), curl (the README's examples) and qemu-user
 # (old CPUs under emulation).
 missing=""
-for pair in chromium:/usr/bin/chromium strace:/usr/bin/strace iproute2:/usr/sbin/ip curl:/usr/bin/curl \
-            qemu-user:/usr/bin/qemu-x86_64; do
-  [ -x "${pair#*:}" ] || missing="$missing ${pair%%:*}"
+for pair in libzstd-dev:/usr/include/zstd.h chromium:/usr/bin/chromium strace:/usr/bin/strace \
+            iproute2:/usr/sbin/ip curl:/usr/bin/curl qemu-user:/usr/bin/qemu-x86_64; do
+  [ -e "${pair#*:}" ] || missing="$missing ${pair%%:*}"
 done
 if [ -n "$missing" ]; then
   say "installing system packages for the tests:$missing"

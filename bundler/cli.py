@@ -77,8 +77,9 @@ SETTING_OPTIONS = [
     click.option("--ctx-size", type=int, help="Context size baked in."),
     click.option("--threads", type=int, help="CPU threads baked in."),
     click.option("--port", type=int, help="Default server port baked in."),
-    click.option("--chat-template", help="A Jinja template file, or a chat format llama-cpp-python "
-                 "knows (chatml, llama-3, mistral-instruct, ...)."),  # fmt: skip
+    click.option("--parallel", type=int, help="Server slots (requests decoded together) baked in."),
+    click.option("--chat-template", help="A Jinja template file, or a chat format llama.cpp "
+                 "knows (chatml, llama3, mistral-v7, ...)."),  # fmt: skip
     click.option("--greeting", help="First words shown when a chat opens."),
 ]
 
@@ -164,7 +165,7 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
     run = output if output.is_absolute() or output.parent != Path() else Path(".") / output
     parts = result.manifest["model"]["parts"]
     extra = f", plus {len(parts)} model parts beside it" if parts else ""
-    click.echo(f"Built {output} ({_human(result.size)}, sha256 {result.sha256}{extra}); "
+    click.echo(f"Built {output} ({_human(result.size)}, build {result.build_id}{extra}); "
                f"run it with: {run} (or {run} --help)")  # fmt: skip
 
 

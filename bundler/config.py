@@ -53,7 +53,7 @@ def baked_settings(config: Path | None, flags: dict) -> dict:
 
 
 def chat_template(value: str, where: str) -> str:
-    """A chat template file's text, or a chat format name llama-cpp-python knows."""
+    """A chat template file's text, or a chat format name llama.cpp knows."""
     from runtime.chat import named_formats
 
     names = named_formats()
@@ -65,7 +65,7 @@ def chat_template(value: str, where: str) -> str:
         if not path.is_file():
             raise InputError(
                 f"{where}: chat_template {value!r} is neither a template file nor a chat format "
-                f"llama-cpp-python knows ({', '.join(sorted(names))})"
+                f"llama.cpp knows ({', '.join(names)})"
             )
         try:
             value = path.read_text(encoding="utf-8")

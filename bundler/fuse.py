@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +20,12 @@ import runtime
 from runtime import payload
 
 from . import gguf_info
+from .copying import HashingWriter, copy_hashed, copy_model
 from .errors import InputError, OutputError
 from .launcher import cookie_tail
 from .split import write_parts
 from .stub import executable_kind
 
-CHUNK = 8 << 20
-_HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
 WINDOW_LOG = 27  # 128 MiB: the largest window zstd decoders accept by default
 
 
@@ -35,7 +33,7 @@ WINDOW_LOG = 27  # 128 MiB: the largest window zstd decoders accept by default
 class Result:
     path: Path
     size: int
-    sha256: str
+    build_id: str  # a content hash of stub, model and settings (runtime/payload.py)
     manifest: dict
     notes: tuple = ()
 
@@ -92,8 +90,8 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
         raise OutputError(f"cannot write {out}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as raw_dst:
-            dst = _HashingWriter(raw_dst)
-            stub_sha = _copy(stub, dst, stub_len, hashlib.sha256())
+            dst = raw_dst
+            stub_sha = copy_hashed(stub, dst, stub_len, hashlib.sha256())
             entry = {"name": model.name, "size": described["size"], "header_size": described["header_size"],
                      "gguf": described["gguf"], "parts": parts or []}  # fmt: skip
             if parts:
@@ -103,11 +101,12 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
                 offset = payload.align_up(stub_len)
                 dst.write(b"\0" * (offset - stub_len))
                 if compress_level is None:  # stored bytes = the GGUF's: one hash serves both
-                    raw_hashes = _copy_model(model, dst, described, progress)
+                    raw_hashes = copy_model(model, raw_dst, described["size"], described["header_size"],
+                                            progress)  # fmt: skip
                     entry.update(storage="embedded", offset=offset, stored_size=described["size"],
                                  stored_sha256=raw_hashes["sha256"], **raw_hashes)  # fmt: skip
                 else:
-                    stored = _HashingWriter(dst)
+                    stored = HashingWriter(dst)
                     raw_hashes = _compress_model(model, stored, described, compress_level, progress)
                     entry.update(storage="zstd", offset=offset, stored_size=stored.count,
                                  stored_sha256=stored.digest.hexdigest(), **raw_hashes)  # fmt: skip
@@ -135,15 +134,13 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
             dst.write(payload.encode_trailer(stub_len, m_off, raw, tail))
             raw_dst.flush()
             os.fsync(raw_dst.fileno())
-            size, out_sha = raw_dst.tell(), dst.digest.hexdigest()
+            size = raw_dst.tell()
         if size > payload.MAX_FILE and kind["os"] == "windows":
             raise OutputError(f"{out.name} would be over 4 GiB, which Windows will not run; add --split")
         os.chmod(tmp, 0o755)
         notes = ()
         if kind["os"] == "macos":
             notes = _resign_for_macos(tmp, out)
-            if not notes:  # re-signed here: the bytes, and so the sha256, changed
-                out_sha = _file_sha256(tmp)
         os.replace(tmp, out)
     except OSError as e:
         _unlink(tmp)
@@ -151,7 +148,7 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
     except BaseException:
         _unlink(tmp)
         raise
-    return Result(path=out, size=os.path.getsize(out), sha256=out_sha, manifest=manifest, notes=notes)
+    return Result(path=out, size=os.path.getsize(out), build_id=build_id, manifest=manifest, notes=notes)
 
 
 def _resign_for_macos(tmp: str, out: Path) -> tuple:
@@ -166,20 +163,6 @@ def _resign_for_macos(tmp: str, out: Path) -> tuple:
             f"(codesign -s - -f {out.name})",)  # fmt: skip
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _copy_model(model: Path, dst, described: dict, progress) -> dict:
-    header = hashlib.sha256()
-    sha = _copy(model, dst, described["size"], hashlib.sha256(), header, described["header_size"], progress)
-    return {"sha256": sha, "header_sha256": header.hexdigest()}
-
-
 def _compress_model(model: Path, dst, described: dict, level: int, progress) -> dict:
     """zstandard, multi-threaded, with long-distance matching, as one frame."""
     import zstandard
@@ -192,7 +175,7 @@ def _compress_model(model: Path, dst, described: dict, level: int, progress) -> 
         dst, size=described["size"], closefd=False, write_return_read=True
     )
     header = hashlib.sha256()
-    sha = _copy(model, writer, described["size"], hashlib.sha256(), header,
+    sha = copy_hashed(model, writer, described["size"], hashlib.sha256(), header,
                 described["header_size"], progress)  # fmt: skip
     writer.flush(zstandard.FLUSH_FRAME)
     writer.close()
@@ -201,54 +184,8 @@ def _compress_model(model: Path, dst, described: dict, level: int, progress) -> 
 
 def _hash_model(model: Path, header_size: int) -> dict:
     header = hashlib.sha256()
-    sha = _copy(model, None, model.stat().st_size, hashlib.sha256(), header, header_size)
+    sha = copy_hashed(model, None, model.stat().st_size, hashlib.sha256(), header, header_size)
     return {"sha256": sha, "header_sha256": header.hexdigest()}
-
-
-class _HashingWriter:
-    """Writes through and hashes (and counts) every byte, so the sha256 of what was
-    written comes out of the single pass that writes it. The hash runs on another
-    core while the write goes to the kernel (sha256 releases the GIL)."""
-
-    def __init__(self, f):
-        self.f, self.digest, self.count = f, hashlib.sha256(), 0
-
-    def write(self, data) -> int:
-        hashing = _HASHERS.submit(self.digest.update, data)
-        self.f.write(data)
-        hashing.result()
-        self.count += len(data)
-        return len(data)
-
-
-def _copy(src: Path, dst, length: int, digest, head=None, head_len=0, progress=None) -> str:
-    """Copy the first ``length`` bytes of ``src`` into ``dst``, hashing them on the way."""
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    left, done = length, 0
-    try:
-        f = open(src, "rb")
-    except OSError as e:
-        raise InputError(f"cannot read {src}: {e.strerror}") from None
-    # sha256 releases the GIL: the model's hash, the output's hash and the write run
-    # side by side, so building costs about one pass over the bytes, not three.
-    with f:
-        while left:
-            n = f.readinto(view[: min(CHUNK, left)])
-            if not n:
-                raise InputError(f"{src} changed while it was being read; try again")
-            chunk = view[:n]
-            hashing = _HASHERS.submit(digest.update, chunk)
-            if head is not None and done < head_len:
-                head.update(chunk[: head_len - done])
-            if dst is not None:
-                dst.write(chunk)
-            hashing.result()
-            left -= n
-            done += n
-            if progress:
-                progress(n)
-    return digest.hexdigest()
 
 
 def _unlink(path: str) -> None:

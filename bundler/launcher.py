@@ -1,4 +1,7 @@
-"""Keep PyInstaller's launcher fast when a payload follows it.
+"""Keep PyInstaller's launcher fast when a payload follows it (Windows stubs).
+
+Stubs headed by our native launcher (runtime/launcher.c, Linux and macOS) find
+their runtime through the payload trailer and need nothing here.
 
 PyInstaller's bootloader finds its archive by scanning the executable from the
 end backwards for the archive's 88-byte "cookie". With a model appended, that
@@ -14,6 +17,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from runtime import payload
+
 COOKIE_MAGIC = b"MEI\014\013\012\013\016"
 COOKIE = struct.Struct("!8sIIII64s")  # magic, archive length, TOC offset, TOC length, pyvers, libname
 SEARCH = 1 << 20  # the cookie sits near the end of the stub (an ELF section table may follow it)
@@ -24,6 +29,9 @@ def cookie_tail(stub: Path, stub_len: int, tail_pos: int) -> bytes:
     PyInstaller cookie or the archive would sit too far (4 GiB) before it."""
     start = max(0, stub_len - SEARCH)
     with open(stub, "rb") as f:
+        f.seek(max(0, stub_len - payload.STUB_TRAILER.size))
+        if f.read(len(payload.STUB_MAGIC)) == payload.STUB_MAGIC:
+            return b""  # a native launcher stub
         f.seek(start)
         window = f.read(stub_len - start)
     at = window.rfind(COOKIE_MAGIC)

@@ -21,12 +21,24 @@ import time
 from pathlib import Path
 
 import runtime
+from runtime.payload import RUNTIME_EXE
 from runtime.source import cache_root, lock_file
 
+from . import native
 from .errors import InputError, StubError
 
-STUB_NAME = "llamabundle-runtime"
+STUB_NAME = RUNTIME_EXE
 SOURCE_DIRS = ("runtime", "templates")
+BUILD_FILES = ("bundler/stub.py", "bundler/native.py")  # how the stub is made is part of its key
+# What llama_cpp's package __init__ and its high-level API would drag in: the runtime
+# drives the C API only (runtime/backend.py), so none of it is ever imported.
+EXCLUDES = ("llama_cpp.llama", "llama_cpp.llama_chat_format", "llama_cpp.llama_grammar",
+            "llama_cpp.llama_cache", "llama_cpp.llama_tokenizer", "llama_cpp.llama_speculative",
+            "llama_cpp.llama_types", "llama_cpp.llava_cpp", "llama_cpp.mtmd_cpp", "llama_cpp.server",
+            "llama_cpp._internals", "llama_cpp._utils", "numpy", "pydantic", "pydantic_core",
+            "yaml", "diskcache", "hypothesis", "openai", "jiter", "charset_normalizer", "sqlite3",
+            "ssl", "_ssl", "zstandard._cffi", "cffi", "tkinter", "pytest", "pydoc", "unittest",
+            "lib2to3", "multiprocessing", "xmlrpc", "pdb")  # fmt: skip
 LLAMA_LIBS = ("libllama.so", "libggml.so.0", "libggml-base.so.0", "libllama.dylib", "libggml.0.dylib",
               "libggml-base.0.dylib", "llama.dll", "ggml.dll", "ggml-base.dll")  # fmt: skip
 
@@ -81,6 +93,7 @@ def stub_key() -> str:
         h.update(part.encode() + b"\0")
     root = project_root()
     files = [p for d in SOURCE_DIRS for p in (root / d).rglob("*") if p.is_file()]
+    files += [root / f for f in BUILD_FILES]
     files += [p for p in list(lib.iterdir()) + backend_modules(variants) if p.is_file()]
     for p in sorted(files):
         if "__pycache__" in p.parts:
@@ -115,18 +128,19 @@ def build_stub(target: Path, log=print) -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llamabundle-stub-") as tmp:
         tmp = Path(tmp)
+        onedir = native.supported()
         cmd = [
-            sys.executable, "-m", "PyInstaller", "--onefile", "--noconfirm", "--clean",
-            "--log-level", "WARN", "--name", STUB_NAME,
+            sys.executable, "-m", "PyInstaller", "--onedir" if onedir else "--onefile",
+            "--noconfirm", "--clean", "--log-level", "WARN", "--name", STUB_NAME,
             "--distpath", str(tmp / "dist"), "--workpath", str(tmp / "work"),
             "--specpath", str(tmp), "--paths", str(root),
-            "--hidden-import", "llama_cpp.llama_cpp",
-            "--hidden-import", "llama_cpp.llama_chat_format",
-            "--hidden-import", "zstandard",
-            "--exclude-module", "zstandard._cffi",  # the C backend is enough
-            "--exclude-module", "cffi",
+            "--hidden-import", "llama_cpp.llama_cpp", "--hidden-import", "zstandard",
             "--copy-metadata", "llama_cpp_python",
         ]  # fmt: skip
+        for name in EXCLUDES:
+            cmd += ["--exclude-module", name]
+        if sys.platform != "win32":
+            cmd.append("--strip")
         if (root / "templates").is_dir() and any((root / "templates").iterdir()):
             cmd += ["--add-data", f"{root / 'templates'}{sep}templates"]
         for name in LLAMA_LIBS:  # by the sonames libllama links to; the other copies are dead weight
@@ -144,8 +158,11 @@ def build_stub(target: Path, log=print) -> None:
             raise StubError(f"PyInstaller failed to build the runtime stub:\n{tail}")
         target.parent.mkdir(parents=True, exist_ok=True)
         part = target.with_name(target.name + ".part")
-        shutil.copyfile(built, part)
-        os.chmod(part, 0o755)
+        if onedir:
+            native.assemble(built, tmp, part)
+        else:
+            shutil.copyfile(built, part)
+            os.chmod(part, 0o755)
         os.replace(part, target)
     size = target.stat().st_size / 2**20
     log(f"Runtime stub built in {time.monotonic() - start:.0f} s: {target} ({size:.1f} MiB)")

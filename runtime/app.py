@@ -64,6 +64,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     s.add_argument("-c", "--ctx-size", type=int, help="context size in tokens (0: automatic)")
     s.add_argument("-t", "--threads", type=int, help="CPU threads (0: physical cores)")
     s.add_argument("-ngl", "--gpu-layers", type=int, help="layers to put on a GPU (-1: all)")
+    s.add_argument("-np", "--parallel", type=int, help="server slots: requests decoded together (default 4)")
     s.add_argument("--system", help="system prompt for chat")
     s.add_argument("--host", help="server address (default 127.0.0.1; 0.0.0.0 exposes it)")
     s.add_argument("--port", type=int, help="server port (default 8080, or the next free one)")
@@ -75,7 +76,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
+_launched_from: list[str] = []
+
+
 def bundle_path() -> str:
+    if os.environ.get(payload.LAUNCHER_ENV):  # the native launcher's; not for our child processes
+        _launched_from[:] = [os.environ.pop(payload.LAUNCHER_ENV)]
+    if _launched_from:
+        return _launched_from[0]
     if os.environ.get(BUNDLE_ENV):
         return os.environ[BUNDLE_ENV]
     if getattr(sys, "frozen", False):
@@ -159,7 +167,7 @@ def run(args, prog: str) -> int:
 
 _SETTING_FLAGS = {
     "n_predict", "temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed",
-    "ctx_size", "threads", "gpu_layers", "system", "host", "port", "api_key",
+    "ctx_size", "threads", "gpu_layers", "parallel", "system", "host", "port", "api_key",
 }  # fmt: skip
 
 

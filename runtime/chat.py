@@ -1,23 +1,40 @@
 """Chat prompts and the terminal chat.
 
-A model with a ``tokenizer.chat_template`` is formatted by llama-cpp-python's
-own Jinja2 chat formatter. A model without one (a base or story model such as
-stories260K) is chatted with in plain completion style: the conversation is one
-running text that the model continues, and the user is told so once.
+A chat template is rendered by one of two well-kept engines, neither of which
+needs numpy (llama-cpp-python's ``llama_chat_format`` imports it, and numpy with
+its OpenBLAS would be a third of the executable):
+
+- a Jinja template (the model's ``tokenizer.chat_template`` or a baked one) by
+  jinja2's sandbox, set up the way Hugging Face Transformers renders chat
+  templates (and llama-cpp-python's ``Jinja2ChatFormatter`` copies);
+- a format name baked at build time (``chatml``, ``llama3``, ``mistral-v7``, ...)
+  by llama.cpp's own ``llama_chat_apply_template``.
+
+A model without a template (a base or story model such as stories260K) is
+chatted with in plain completion style: the conversation is one running text
+that the model continues, and the user is told so once.
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TextIO
 
 from .engine import Sampling, Session, Stats
+from .errors import UsageError
+from .stops import StopStrings
 
 PLAIN_NOTE = (
     "note: this model has no chat template, so chat runs in plain completion style: "
     "the model continues the conversation as one text"
 )
+# llama-cpp-python's names for formats llama.cpp knows under another name
+FORMAT_ALIASES = {"llama-2": "llama2", "llama-3": "llama3", "mistral-instruct": "mistral-v1",
+                  "qwen": "chatml"}  # fmt: skip
 
 
 @dataclass
@@ -27,20 +44,15 @@ class Prompt:
     stop: list[str]
 
 
-def named_formats() -> dict:
-    """Chat formats llama-cpp-python registers by name ("chatml", "llama-3", ...), as
-    {name: formatter}; handlers that are not plain formatters are left out."""
-    from .backend import full_package
+def named_formats() -> list[str]:
+    """The chat format names llama.cpp knows ("chatml", "llama3", ...), plus aliases."""
+    from .backend import bindings
 
-    full_package()
-    from llama_cpp import llama_chat_format as lcf
-
-    out = {}
-    for name, handler in lcf.LlamaChatCompletionHandlerRegistry()._chat_handlers.items():
-        code = getattr(handler, "__code__", None)
-        if code is not None and "chat_formatter" in code.co_freevars:
-            out[name] = handler.__closure__[code.co_freevars.index("chat_formatter")].cell_contents
-    return out
+    C = bindings()
+    n = C.llama_chat_builtin_templates(None, 0)
+    names = (ctypes.c_char_p * n)()
+    C.llama_chat_builtin_templates(names, n)
+    return sorted({name.decode() for name in names} | set(FORMAT_ALIASES))
 
 
 class Formatter:
@@ -50,35 +62,85 @@ class Formatter:
     def __init__(self, model, template: str | None = None):
         self.model = model
         self.template = template or model.chat_template()
-        self._format = None
+        self._render = None
 
     @property
     def plain(self) -> bool:
         return not self.template
 
-    def _formatter(self):
-        if self._format is None:
-            named = named_formats()
-            if self.template in named:
-                self._format = named[self.template]
+    def _renderer(self):
+        if self._render is None:
+            name = FORMAT_ALIASES.get(self.template, self.template)
+            if "{" not in name and name in named_formats():
+                self._render = _NamedFormat(self.model.C, name)
             else:
-                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
                 C, vocab = self.model.C, self.model.vocab
                 bos, eos = C.llama_vocab_bos(vocab), C.llama_vocab_eos(vocab)
-                self._format = Jinja2ChatFormatter(
-                    template=self.template,
-                    bos_token=self.model.token_text(bos) if bos >= 0 else "",
-                    eos_token=self.model.token_text(eos) if eos >= 0 else "",
-                )
-        return self._format
+                self._render = _JinjaTemplate(self.template,
+                                              bos=self.model.token_text(bos) if bos >= 0 else "",
+                                              eos=self.model.token_text(eos) if eos >= 0 else "")  # fmt: skip
+        return self._render
 
     def render(self, messages: list[dict]) -> Prompt:
         if self.plain:
             return Prompt(render_plain(messages), True, [])
-        result = self._formatter()(messages=messages)
-        stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
-        return Prompt(result.prompt, not result.added_special, stop)
+        return self._renderer()(messages)
+
+
+class _NamedFormat:
+    """A format llama.cpp knows by name; the tokenizer adds BOS where the model wants it."""
+
+    def __init__(self, C, name: str):
+        self.C, self.name = C, name.encode()
+
+    def __call__(self, messages: list[dict]) -> Prompt:
+        C = self.C
+        keep = [(m["role"].encode(), (m.get("content") or "").encode()) for m in messages]
+        arr = (C.llama_chat_message * len(keep))(*(C.llama_chat_message(r, c) for r, c in keep))
+        size = 1024 + 2 * sum(len(c) for _, c in keep)
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = C.llama_chat_apply_template(self.name, arr, len(keep), True, buf, size)
+            if n < 0:
+                raise UsageError(f"llama.cpp cannot apply chat format {self.name.decode()!r}")
+            if n <= size:
+                return Prompt(buf.raw[:n].decode("utf-8", "replace"), True, [])
+            size = n
+        raise UsageError("the chat prompt did not fit its buffer")
+
+
+class _JinjaTemplate:
+    """A Jinja chat template in jinja2's immutable sandbox, with the globals and
+    filters Transformers gives chat templates; BOS comes from the template."""
+
+    def __init__(self, source: str, *, bos: str, eos: str):
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=[jinja2.ext.loopcontrols])  # fmt: skip
+        env.filters["tojson"] = _tojson
+        env.globals.update(raise_exception=_raise, strftime_now=lambda f: datetime.now().strftime(f))
+        self.template, self.bos, self.eos = env.from_string(source), bos, eos
+
+    def __call__(self, messages: list[dict]) -> Prompt:
+        import jinja2
+
+        try:
+            text = self.template.render(messages=messages, bos_token=self.bos, eos_token=self.eos,
+                                        add_generation_prompt=True)  # fmt: skip
+        except jinja2.TemplateError as e:
+            raise UsageError(f"the chat template failed: {e}") from None
+        return Prompt(text, False, [self.eos] if self.eos else [])
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise(message: str):
+    raise UsageError(f"the chat template refused the conversation: {message}")
 
 
 def render_plain(messages: list[dict]) -> str:
@@ -104,23 +166,18 @@ def generate_text(
     """Stream the completion of ``tokens``, ending early at any of the ``stop`` strings
     (which are not part of the output)."""
     pieces = session.generate(tokens, sampling, max_tokens=max_tokens, stats=stats)
-    if not stop:
-        yield from pieces
-        return
-    held = ""
-    longest = max(len(s) for s in stop)
+    stops = StopStrings(stop)
     try:
         for piece in pieces:
-            held += piece
-            hits = [held.find(s) for s in stop if s in held]
-            if hits:
-                yield held[: min(hits)]
+            text = stops.feed(piece)
+            if text:
+                yield text
+            if stops.hit:
                 stats.finish_reason = "stop"
                 return
-            if len(held) > longest:
-                yield held[: len(held) - longest]
-                held = held[len(held) - longest :]
-        yield held
+        tail = stops.flush()
+        if tail:
+            yield tail
     finally:
         pieces.close()
 

@@ -43,9 +43,32 @@ class Stats:
     finish_reason: str = "stop"
 
 
+def make_sampler(C, n_vocab: int, s: Sampling):
+    """A llama.cpp sampler chain for ``s`` (free it with ``llama_sampler_free``)."""
+    chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+    if s.repeat_penalty != 1.0:
+        C.llama_sampler_chain_add(
+            chain, C.llama_sampler_init_penalties(n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0)
+        )
+    if s.temp <= 0:
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
+        return chain
+    seed = s.seed if s.seed >= 0 else int.from_bytes(os.urandom(4), "little")
+    if s.top_k > 0:
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(s.top_k))
+    if s.top_p < 1.0:
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(s.top_p, 1))
+    if s.min_p > 0.0:
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(s.min_p, 1))
+    C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(s.temp))
+    C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+    return chain
+
+
 def _libc():
     if "libc" not in _cache:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # POSIX: the C library is already in the process (find_library would run ldconfig)
+        lib = ctypes.CDLL(None if os.name == "posix" else ctypes.util.find_library("c"), use_errno=True)
         lib.fopen.restype, lib.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
         lib.fclose.argtypes = [ctypes.c_void_p]
         seek = getattr(lib, "fseeko", None) or lib.fseek
@@ -176,28 +199,7 @@ class Session:
             self.cached.extend(chunk)
 
     def _sampler(self, s: Sampling):
-        C = self.C
-        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-        if s.repeat_penalty != 1.0:
-            C.llama_sampler_chain_add(
-                chain,
-                C.llama_sampler_init_penalties(
-                    self.model.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0
-                ),
-            )
-        if s.temp <= 0:
-            C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
-            return chain
-        seed = s.seed if s.seed >= 0 else int.from_bytes(os.urandom(4), "little")
-        if s.top_k > 0:
-            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(s.top_k))
-        if s.top_p < 1.0:
-            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(s.top_p, 1))
-        if s.min_p > 0.0:
-            C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(s.min_p, 1))
-        C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(s.temp))
-        C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
+        return make_sampler(self.C, self.model.n_vocab, s)
 
     def generate(
         self, tokens: list[int], sampling: Sampling, *, max_tokens: int = -1, stats: Stats | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 
 # CPU flags (as /proc/cpuinfo names them) that decide which ggml CPU variant can run.
@@ -21,6 +20,8 @@ CPU_FLAGS = (
 
 
 def cpu() -> dict:
+    import platform  # not at the top: it costs every start ~10 ms of regex compiling
+
     info = {
         "arch": platform.machine().lower(),
         "model": platform.processor() or "",
@@ -127,7 +128,7 @@ def memory() -> dict:
 
 def metal() -> dict:
     """Metal exists on every Apple-silicon Mac (macOS arm64)."""
-    present = sys.platform == "darwin" and platform.machine() == "arm64"
+    present = sys.platform == "darwin" and os.uname().machine == "arm64"
     return {"present": present}
 
 

@@ -1,7 +1,8 @@
 """The one definition of the llamabundle payload format.
 
-A bundle is a runtime stub (a PyInstaller onefile executable) with the payload
-appended after it::
+A bundle is a runtime stub (the native launcher with the runtime packed behind
+it, or a PyInstaller onefile executable where there is no launcher: Windows)
+with the payload appended after it::
 
     [ stub | zero padding | model GGUF | manifest (JSON) | trailer ]
                           ^ MODEL_ALIGNMENT-aligned offset
@@ -62,6 +63,46 @@ PART_KEYS = ("file", "size", "sha256", "header_size", "header_sha256")
 STORAGES = ("embedded", "zstd", "split")
 # Windows will not run an executable of 4 GiB or more, and FAT32 holds no file that large.
 MAX_FILE = 4 * 2**30 - 1
+
+# Environment variables shared by the runtime and the native launcher.
+CACHE_ENV = "LLAMABUNDLE_CACHE"  # llamabundle's cache directory (unpacked runtimes and models)
+LAUNCHER_ENV = "LLAMABUNDLE_EXE"  # set by the native launcher: the bundle it was started from
+
+# The native launcher (runtime/launcher.c) heads the stub on Linux and macOS:
+#
+#     [ launcher | runtime archive: one zstd frame | stub trailer ]
+#
+# The archive holds the runtime (PyInstaller's one-folder build) as a stream of
+# entries: ENTRY (kind, mode, path length, data length), then the path (relative,
+# UTF-8, '/'-separated), then the data (a file's bytes, or a link's target).
+# Parent folders come before what they hold. The launcher unpacks the archive
+# once into <cache>/runtime/<runtime id>/ (a temporary folder renamed into place,
+# so concurrent first starts are safe) and then execs RUNTIME_EXE there on every
+# start, with LAUNCHER_ENV naming the bundle. The stub trailer is the last
+# STUB_TRAILER.size bytes of the stub, which ends where the payload starts.
+STUB_MAGIC = b"LLBSTUB1"
+STUB_VERSION = 1
+RUNTIME_EXE = "llamabundle-runtime"
+STUB_TRAILER_FIELDS = (("magic", "8s"), ("version", "I"), ("entries", "I"), ("archive_offset", "Q"),
+                       ("archive_size", "Q"), ("runtime_id", "32s"))  # fmt: skip
+STUB_TRAILER = struct.Struct("<" + "".join(f for _, f in STUB_TRAILER_FIELDS))
+ENTRY_FIELDS = (("kind", "I"), ("mode", "I"), ("path_len", "I"), ("reserved", "I"), ("size", "Q"))
+ENTRY = struct.Struct("<" + "".join(f for _, f in ENTRY_FIELDS))
+ENTRY_DIR, ENTRY_FILE, ENTRY_LINK = 1, 2, 3
+TRAILER_FIELDS = (("magic", "8s"), ("layout", "H"), ("flags", "H"), ("crc", "I"),
+                  ("payload_start", "Q"), ("manifest_offset", "Q"), ("manifest_size", "Q"),
+                  ("tail_size", "I"), ("reserved", "I"))  # fmt: skip
+assert TRAILER.format == "<" + "".join(f for _, f in TRAILER_FIELDS)
+
+
+def field_offsets(fields) -> dict:
+    """{name: byte offset} of a little-endian struct given as (name, format) pairs."""
+    out, fmt = {}, "<"
+    for name, code in fields:
+        out[name] = struct.calcsize(fmt)
+        fmt += code
+    return out
+
 
 # Explicit migrations from older manifest schemas: {old_schema: fn(dict) -> dict of old_schema+1}.
 # Schema 1 is the first published schema, so there is nothing to migrate yet.

@@ -143,14 +143,18 @@ class App:
     def _generate(self, h, req: api.GenRequest, chat: bool):
         w = self._ready()
         if chat:
-            prompt = w.formatter.render(req.messages)
+            try:
+                prompt = w.formatter.render(req.messages)
+            except UsageError as e:  # the template refused the conversation
+                raise api.ApiError(400, str(e)) from None
             text, add_special, stop = prompt.text, prompt.add_special, prompt.stop
         else:
             text, add_special, stop = req.prompt, True, []
         tokens = self._tokens(w, text, add_special, "messages" if chat else "prompt")
         room = w.session.n_ctx - len(tokens)
         max_tokens = room if req.max_tokens < 0 else min(req.max_tokens, room)
-        job = Job("generate", tokens, stop=stop + req.stop, sampling=req.sampling, max_tokens=max_tokens)
+        job = Job("generate", tokens, stop=stop + req.stop, sampling=req.sampling, max_tokens=max_tokens,
+                  stream=req.stream)  # fmt: skip
         rid = api.new_id("chatcmpl" if chat else "cmpl")
         kind = "chat.completion" if chat else "text_completion"
         env = {"rid": rid, "model": self.model_id, "fingerprint": self.fingerprint}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PayloadError, ResourceError
-from .payload import Bundle, header_ok
+from .payload import CACHE_ENV, Bundle, header_ok
 from .progress import Progress
 from .verify import parts_paths
 
@@ -34,8 +34,8 @@ def cache_root(override: str | None = None) -> Path:
     """llamabundle's cache directory: --cache-dir, $LLAMABUNDLE_CACHE, or the platform's."""
     if override:
         return Path(override)
-    if os.environ.get("LLAMABUNDLE_CACHE"):
-        return Path(os.environ["LLAMABUNDLE_CACHE"])
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
     if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
         return Path(os.environ["LOCALAPPDATA"]) / "llamabundle"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

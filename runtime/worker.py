@@ -1,20 +1,24 @@
-"""The model worker: loads the model in the background and runs jobs one at a time.
+"""The model worker: loads the model in the background and runs the jobs.
 
 HTTP handler threads never touch llama.cpp's context directly: they submit a
 ``Job`` and read its events (text pieces, then the final stats) from a queue.
-Jobs wait in FIFO order; ``status()`` tells how many are waiting. A job whose
-client went away is cancelled and stops within a token.
+Generation jobs run together in the slots of a ``batch.BatchEngine`` (continuous
+batching); a job waits, in FIFO order, only while every slot is busy, and
+``status()`` tells how many wait. Embedding jobs run between two decoding steps.
+A job whose client went away is cancelled and its slot freed before the next step.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import queue
 import sys
 import threading
 from dataclasses import dataclass, field
 
-from .chat import Formatter, generate_text
+from .batch import BatchEngine
+from .chat import Formatter
 from .engine import Sampling, Stats
 from .errors import RuntimeFailure
 from .session import open_session
@@ -29,6 +33,7 @@ class Job:
     stop: list = field(default_factory=list)
     sampling: Sampling | None = None
     max_tokens: int = -1
+    stream: bool = True  # False: the text comes as one piece at the end (no wake-up per token)
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     stats: Stats = field(default_factory=Stats)
@@ -40,9 +45,10 @@ class Worker:
         self.state, self.error = "loading", None
         self.ready = threading.Event()
         self.jobs: queue.Queue = queue.Queue()
-        self.busy = False
-        self.generated_tokens = 0  # all tokens generated so far (a counter, like llama-server's metrics)
-        self.session = self.formatter = None
+        self.waiting: collections.deque = collections.deque()  # generation jobs waiting for a slot
+        self.n_slots = settings["parallel"][0]
+        self.session = self.formatter = None  # session: the BatchEngine, once loaded
+        self._embedding = False
         self._embed_ctx = None
         self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
 
@@ -50,8 +56,11 @@ class Worker:
         self._thread.start()
 
     def status(self) -> dict:
-        return {"state": self.state, "busy": self.busy, "queued": self.jobs.qsize(), "slots": 1,
-                "generated_tokens": self.generated_tokens}  # fmt: skip
+        engine = self.session
+        busy = bool(engine and engine.active) or self._embedding
+        generated = engine.generated_tokens if engine else 0
+        return {"state": self.state, "busy": busy, "queued": len(self.waiting) + self.jobs.qsize(),
+                "slots": self.n_slots, "generated_tokens": generated}  # fmt: skip
 
     def submit(self, job: Job) -> Job:
         self.jobs.put(job)
@@ -62,16 +71,23 @@ class Worker:
 
     # -- the worker thread ------------------------------------------------------
     def _run(self) -> None:
+        engine = None
         try:
             with open_session(self.bundle, self.settings, verbose=self.verbose,
                               cache_dir=self.cache_dir) as (session, _sampling):  # fmt: skip
-                self.session = session  # requests bring their own sampling
+                # The server decodes in its own context with one sequence per slot over the same
+                # model (requests bring their own sampling); the single-sequence one goes.
+                session.close()
+                engine = BatchEngine(session.model, n_ctx=session.n_ctx, n_threads=session.n_threads,
+                                     n_batch=session.n_batch, n_slots=self.n_slots)  # fmt: skip
                 self.formatter = Formatter(session.model, self.settings["chat_template"][0] or None)
+                self.session = engine
                 self.state = "ready"
                 self.ready.set()
                 try:
-                    self._serve()
+                    self._serve(engine)
                 finally:
+                    engine.close()
                     self._free_embed_ctx()
         except RuntimeFailure as e:
             self.state, self.error = "failed", str(e)
@@ -81,36 +97,47 @@ class Worker:
             self.ready.set()
             print(f"error: the model worker failed: {self.error}", file=sys.stderr)
 
-    def _serve(self) -> None:
+    def _serve(self, engine: BatchEngine) -> None:
         while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            if job.cancelled.is_set():
-                continue
-            self.busy = True
-            try:
-                if job.kind == "embed":
-                    job.events.put(("embeddings", [self._embed(t) for t in job.tokens]))
-                else:
-                    self._generate(job)
-                job.events.put(("done", job.stats))
-            except Exception as e:
-                job.events.put(("error", e))
-            finally:
-                self.generated_tokens += job.stats.completion_tokens
-                self.busy = False
-
-    def _generate(self, job: Job) -> None:
-        pieces = generate_text(self.session, job.tokens, job.stop, job.sampling, job.max_tokens, job.stats)
-        try:
-            for piece in pieces:
-                if job.cancelled.is_set():
-                    job.stats.finish_reason = "cancelled"
+            # Wait for work only when there is nothing to decode; else take what came.
+            block = not engine.active and not self.waiting
+            while True:
+                try:
+                    job = self.jobs.get(block=block)
+                except queue.Empty:
+                    break
+                if job is None:
                     return
-                job.events.put(("piece", piece))
+                if job.kind == "embed":
+                    self._run_embed(job)
+                else:
+                    self.waiting.append(job)
+                block = False
+            if any(job.cancelled.is_set() for job in self.waiting):  # their clients left
+                self.waiting = collections.deque(job for job in self.waiting if not job.cancelled.is_set())
+            while self.waiting and engine.has_idle():
+                job = self.waiting[0]
+                try:
+                    engine.add(job)
+                except Exception as e:
+                    job.events.put(("error", e))
+                self.waiting.popleft()  # only now: status() never misses it
+            try:
+                engine.step()
+            except Exception as e:  # a bug of ours: the running jobs fail, the server goes on
+                engine.fail_all(e)
+
+    def _run_embed(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            return
+        self._embedding = True
+        try:
+            job.events.put(("embeddings", [self._embed(t) for t in job.tokens]))
+            job.events.put(("done", job.stats))
+        except Exception as e:
+            job.events.put(("error", e))
         finally:
-            pieces.close()
+            self._embedding = False
 
     # -- embeddings --------------------------------------------------------------
     def _embed(self, tokens: list[int]) -> list[float]:

@@ -98,7 +98,7 @@ def test_build_summary_line(work, dummy_stub, model):
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
     assert len(line.splitlines()) == 1
-    assert str(work / "tales") in line and "sha256" in line and "run it with" in line
+    assert str(work / "tales") in line and "build " in line and "run it with" in line
     _assert_nothing_written(work, "tales")
 
 

@@ -106,18 +106,6 @@ def test_gpu_layers_without_a_gpu_fall_back_with_one_line(bundle):
     assert proc.stderr == "no GPU found; running on the CPU\n"
 
 
-def test_launcher_finds_its_archive_at_the_end(bundle, stub):
-    """PyInstaller's launcher scans back from the end of the file for its archive's
-    cookie; the bundle carries a relocated copy in its last bytes, pointing at the
-    stub's own archive, so starting never reads through the model."""
-    from PyInstaller.archive.readers import CArchiveReader
-
-    from bundler.launcher import COOKIE_MAGIC
-
-    assert COOKIE_MAGIC in bundle.read_bytes()[-512:]
-    assert CArchiveReader(str(bundle)).toc == CArchiveReader(str(stub)).toc
-
-
 def test_version_and_help(bundle):
     v = run_exe(bundle, "--version")
     assert v.returncode == 0 and "llamabundle runtime" in v.stdout

@@ -43,7 +43,7 @@ def greedy(bundle, n):
 def test_models_and_health(served, client):
     assert [m.id for m in client.models.list()] == ["stories260K"]
     status, health = raw(served, "GET", "/health")
-    assert status == 200 and health["status"] == "ok" and health["slots"] == 1
+    assert status == 200 and health["status"] == "ok" and health["slots"] == 4  # --parallel defaults to 4
 
 
 def test_chat_completion_matches_the_executable(bundle, client):

@@ -1,0 +1,352 @@
+"""Continuous batching in the server: concurrent requests decode together in one
+llama.cpp context (``runtime/batch.py``), each with its own answer.
+
+The server runs in development mode (``python -m runtime`` on a bundle fused with
+a stand-in stub), which runs the same runtime code as a built executable without
+the minute-long PyInstaller build. stories260K never ends a greedy story early,
+so long requests really run long.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import openai
+import pytest
+
+from conftest import ROOT, Served
+from runtime.batch import BatchEngine
+from runtime.engine import Sampling
+from runtime.settings import resolve
+from runtime.stops import StopStrings
+
+pytestmark = pytest.mark.e2e
+
+PROMPTS = ["Once upon a time", "One day", "The cat", "Lily and Tom", "The big dog", "A little bird"]
+N = 24  # short greedy outputs: batch shapes may change long ones in the last bits
+
+
+@pytest.fixture(scope="module")
+def dev_exe(model, tmp_path_factory):
+    """A command that runs this checkout's runtime on a bundle of stories260K."""
+    from bundler import fuse
+
+    d = tmp_path_factory.mktemp("dev")
+    stand_in = d / "stub"
+    stand_in.write_bytes(open("/bin/true", "rb").read())
+    bundle = fuse.fuse(stand_in, model, d / "tales").path
+    exe = d / "tales-dev"
+    exe.write_text(f"#!/bin/sh\nLLAMABUNDLE_BUNDLE='{bundle}' PYTHONPATH='{ROOT}' "
+                   f"exec '{sys.executable}' -m runtime \"$@\"\n")  # fmt: skip
+    exe.chmod(0o755)
+    return exe
+
+
+def start(exe, *args) -> Served:
+    s = Served(exe, "--temp", "0", *args)
+    s.wait_ready()
+    return s
+
+
+@pytest.fixture(scope="module")
+def four(dev_exe):
+    s = start(dev_exe, "--parallel", "4")
+    yield s
+    assert s.stop() == 0
+
+
+def health(s) -> dict:
+    with urllib.request.urlopen(s.url + "/health", timeout=10) as r:
+        return json.load(r)
+
+
+def ask(s, prompt, n=N, stream=False) -> tuple[str, str]:
+    c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    kw = dict(model="stories260K", prompt=prompt, max_tokens=n, temperature=0)
+    if not stream:
+        r = c.completions.create(**kw)
+        return r.choices[0].text, r.choices[0].finish_reason
+    text, finish = [], None
+    for ch in c.completions.create(stream=True, **kw):
+        if ch.choices:
+            text.append(ch.choices[0].text)
+            finish = ch.choices[0].finish_reason or finish
+    return "".join(text), finish
+
+
+class Stream:
+    """A raw streaming completion whose events are logged, in arrival order, to ``log``."""
+
+    def __init__(self, s, name, prompt, n, log, lock):
+        self.name, self.log, self.lock = name, log, lock
+        self.sock = socket.create_connection(("127.0.0.1", s.port), timeout=120)
+        body = json.dumps({"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True})
+        head = "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        self.sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        self.file = self.sock.makefile("rb")
+        self.text, self.finish = "", None
+
+    def read(self, events: int | None = None) -> None:
+        """Read ``events`` text events (all of them when None)."""
+        got = 0
+        while events is None or got < events:
+            line = self.file.readline()
+            if not line:
+                raise AssertionError(f"{self.name}: the stream ended early")
+            if not line.startswith(b"data: "):
+                continue
+            if line.strip() == b"data: [DONE]":
+                with self.lock:
+                    self.log.append((self.name, "done"))
+                return
+            choice = json.loads(line[6:])["choices"][0]
+            if choice["text"]:
+                self.text += choice["text"]
+                got += 1
+                with self.lock:
+                    self.log.append((self.name, "piece"))
+            self.finish = choice["finish_reason"] or self.finish
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def wait_for(cond, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+# -- through the HTTP server --------------------------------------------------------
+def test_concurrent_greedy_requests_match_sequential_ones(four):
+    alone = {p: ask(four, p) for p in PROMPTS}
+    assert len({t for t, _ in alone.values()}) == len(PROMPTS)
+    assert all(f == "length" and t for t, f in alone.values())
+    results, threads = {}, []
+    for i, p in enumerate(PROMPTS * 2):  # 12 requests for 4 slots: some wait for a slot
+        t = threading.Thread(target=lambda i=i, p=p: results.__setitem__(i, (p, ask(four, p, stream=i % 2))))
+        threads.append(t)
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 2 * len(PROMPTS)
+    for p, got in results.values():
+        assert got == alone[p], p
+    after = health(four)
+    assert after["slots"] == 4 and not after["busy"] and after["queued"] == 0
+
+
+def test_a_new_request_starts_while_another_is_generating(four):
+    log, lock = [], threading.Lock()
+    long = Stream(four, "long", "Once upon a time", 1500, log, lock)
+    try:
+        long.read(5)  # the long one is generating
+        reader = threading.Thread(target=long.read)
+        reader.start()
+        short = Stream(four, "short", "The cat", 8, log, lock)
+        short.read()
+        short.close()
+        reader.join(timeout=120)
+    finally:
+        long.close()
+    names = list(log)
+    first_short, short_done = names.index(("short", "piece")), names.index(("short", "done"))
+    long_done = names.index(("long", "done"))
+    assert first_short < short_done < long_done
+    assert ("long", "piece") in names[first_short:short_done]  # both streamed at the same time
+    assert names.count(("long", "piece")) > 5 and long.finish == "length"
+    assert long.text.startswith(ask(four, "Once upon a time"))
+
+
+def test_cancelling_one_stream_leaves_the_others_alone(four):
+    expected = {p: ask(four, p, n=40)[0] for p in PROMPTS[:3]}
+    before = health(four)["generated_tokens"]
+    log, lock = [], threading.Lock()
+    leaving = Stream(four, "leaving", "A little bird", 1500, log, lock)
+    staying = [Stream(four, p, p, 40, log, lock) for p in PROMPTS[:3]]
+    leaving.read(3)
+    leaving.close()  # hang up mid-stream
+    for s in staying:
+        s.read()
+        s.close()
+    for s in staying:
+        assert s.text == expected[s.name] and s.finish == "length"
+    wait_for(lambda: not health(four)["busy"], "the cancelled request kept its slot")
+    generated = health(four)["generated_tokens"] - before
+    assert generated < 3 * 40 + 400, generated  # the one that left stopped far short of 1500
+
+
+def test_a_tiny_context_ends_requests_with_length_never_an_error(dev_exe):
+    s = start(dev_exe, "--parallel", "4", "--ctx-size", "256")
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        results = {}
+
+        def run(p):  # no max_tokens: each may fill the context on its own
+            r = c.completions.create(model="stories260K", prompt=p, temperature=0)
+            results[p] = (r.choices[0].finish_reason, r.usage.prompt_tokens, r.usage.completion_tokens)
+
+        threads = [threading.Thread(target=run, args=(p,)) for p in PROMPTS[:4]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(results) == 4, results  # no error (the client raises on any 4xx or 5xx)
+        assert all(finish == "length" for finish, _, _ in results.values()), results
+        used = [p + n for _, p, n in results.values()]
+        assert any(u < 255 for u in used), results  # some ended early: there was no room in the cache
+        assert sum(used) <= 4 * 256
+        text, finish = ask(s, "The cat")  # and the server goes on as before
+        assert text and finish == "length"
+    finally:
+        assert s.stop() == 0
+
+
+def test_health_reports_slots_busy_and_queued(dev_exe):
+    s = start(dev_exe, "--parallel", "2")
+    streams = []
+    try:
+        idle = {"status": "ok", "state": "ready", "busy": False, "queued": 0, "slots": 2}
+        assert {k: health(s)[k] for k in idle} == idle
+        log, lock = [], threading.Lock()
+        for p in PROMPTS[:4]:
+            streams.append(Stream(s, p, p, 1800, log, lock))
+        wait_for(lambda: (lambda h: h["busy"] and h["queued"] == 2)(health(s)), "2 running, 2 waiting")
+        props = json.loads(urllib.request.urlopen(s.url + "/props", timeout=10).read())
+        assert props["n_ctx"] == 2048 and props["ready"] is True
+    finally:
+        for st in streams:
+            st.close()
+    wait_for(lambda: (lambda h: not h["busy"] and h["queued"] == 0)(health(s)), "all cancelled")
+    assert s.stop() == 0
+
+
+def test_one_slot_serves_requests_one_after_another(dev_exe):
+    s = start(dev_exe, "--parallel", "1")
+    try:
+        assert health(s)["slots"] == 1
+        expected = {p: ask(s, p)[0] for p in PROMPTS[:2]}
+        log, lock = [], threading.Lock()
+        first = Stream(s, "first", PROMPTS[0], 1000, log, lock)
+        first.read(2)
+        second = Stream(s, "second", PROMPTS[1], N, log, lock)
+        wait_for(lambda: health(s)["queued"] == 1, "the second request waits for the slot")
+        first.read()
+        second.read()
+        for st in (first, second):
+            st.close()
+        assert log.index(("first", "done")) < log.index(("second", "piece"))
+        assert second.text == expected[PROMPTS[1]] and first.text.startswith(expected[PROMPTS[0]])
+    finally:
+        assert s.stop() == 0
+
+
+def test_env_sets_the_slots_and_the_flag_beats_it(dev_exe):
+    s = Served(dev_exe, env={"LLAMABUNDLE_PARALLEL": "3"})
+    try:
+        assert s.wait_ready()["slots"] == 3
+    finally:
+        assert s.stop() == 0
+    s = Served(dev_exe, "--parallel", "5", env={"LLAMABUNDLE_PARALLEL": "3"})
+    try:
+        assert s.wait_ready()["slots"] == 5
+    finally:
+        assert s.stop() == 0
+    proc = subprocess.run([str(dev_exe), "--server", "--parallel", "0"], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode != 0 and "parallel must be between 1 and 64" in proc.stderr
+
+
+# -- the batch engine itself, in-process ----------------------------------------------
+@pytest.fixture(scope="module")
+def engine_parts(dev_exe):
+    from runtime import payload
+    from runtime.session import open_session
+
+    bundle = payload.read_bundle(dev_exe.read_text().split("'")[1])
+    with open_session(bundle, resolve({}, environ={})) as (session, _):
+        session.close()
+        yield session.model, session.n_threads
+
+
+def _job(model, prompt, n, stop=()):
+    from runtime.worker import Job
+
+    return Job("generate", model.tokenize(prompt), stop=list(stop), sampling=Sampling(temp=0), max_tokens=n)
+
+
+def _run(engine, jobs):
+    pending = list(jobs)
+    while pending or engine.active:
+        while pending and engine.has_idle():
+            engine.add(pending.pop(0))
+        engine.step()
+    out = []
+    for job in jobs:
+        events = []
+        while not job.events.empty():
+            events.append(job.events.get())
+        assert events[-1][0] == "done", events[-1]
+        out.append("".join(v for k, v in events if k == "piece"))
+    return out
+
+
+def test_engine_reuses_the_longest_cached_prefix(engine_parts):
+    model, threads = engine_parts
+    engine = BatchEngine(model, n_ctx=512, n_threads=threads, n_slots=2)
+    try:
+        a, b = _job(model, "Once upon a time", 8), _job(model, "The big dog", 8)
+        _run(engine, [a, b])
+        again = _job(model, "The big dog ran", 8)
+        _run(engine, [again])
+        assert again.stats.cached_tokens == b.stats.prompt_tokens  # the slot that had "The big dog"
+        same = _job(model, "Once upon a time", 8)
+        first = _run(engine, [same])
+        assert same.stats.cached_tokens == same.stats.prompt_tokens - 1  # one token decoded again
+        assert first == _run(engine, [_job(model, "Once upon a time", 8)])
+    finally:
+        engine.close()
+
+
+def test_engine_stop_strings_and_kv_pressure(engine_parts):
+    model, threads = engine_parts
+    engine = BatchEngine(model, n_ctx=256, n_threads=threads, n_slots=3)
+    try:
+        full = _run(engine, [_job(model, "Once upon a time", 40)])[0]
+        word = full.split()[5]
+        job = _job(model, "Once upon a time", 40, stop=[word])
+        assert _run(engine, [job]) == [full[: full.index(word)]] and job.stats.finish_reason == "stop"
+        jobs = [_job(model, p, 250) for p in PROMPTS[:3]]
+        _run(engine, jobs)
+        reasons = [(j.stats.finish_reason, j.stats.completion_tokens) for j in jobs]
+        assert all(r == "length" for r, _ in reasons) and min(n for _, n in reasons) < 200, reasons
+    finally:
+        engine.close()
+
+
+def test_stop_strings_split_across_pieces():
+    s = StopStrings(["</s>", "User:"])
+    out = "".join(s.feed(p) for p in ["Hello ", "wor", "ld<", "/", "s>", "more"])
+    assert out == "Hello world" and s.hit
+    s = StopStrings(["User:"])
+    out = "".join(s.feed(p) for p in ["a Us", "e", "r"]) + s.flush()
+    assert out == "a User" and not s.hit
+    assert StopStrings([]).feed("x") == "x"
+
+
+def test_raw_http_error_shapes_unchanged(four):
+    conn = http.client.HTTPConnection("127.0.0.1", four.port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps({"prompt": "x " * 3000, "max_tokens": 4}),
+                 headers={"Content-Type": "application/json"})  # fmt: skip
+    resp = conn.getresponse()
+    assert resp.status == 400 and "context" in json.loads(resp.read())["error"]["message"]
+    conn.close()
