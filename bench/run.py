@@ -8,9 +8,10 @@ into one table (bench/RESULTS.md, and every sample in bench/RESULTS.json).
 
 Rows: 1 prompt and generation tokens/s through -p and over HTTP; 2 exec to first
 token and to /health 200; 3 aggregate tokens/s with 1, 4 and 8 clients; 4 peak RSS;
-5 build time against cp; 6 stub size. It sets up what it needs, once, cached in
-bench/.cache: the synthetic 0.5B model (bench/make_model.py) and its Q4_0, Q8_0 and
-F16, the native reference llama.cpp (bench/reference.sh), and the runtime stub.
+5 build time against cp; 6 stub size. It sets up what it needs, once: the synthetic
+0.5B model (bench/make_model.py) and its Q4_0, Q8_0 and F16 in bench/.cache, the native
+reference llama.cpp (bench/reference.sh, in ~/.cache/llamabundle/toolchain/reference),
+and the runtime stub.
 """
 
 from __future__ import annotations

@@ -141,26 +141,34 @@ def test_concurrent_greedy_requests_match_sequential_ones(four):
     assert len(results) == 2 * len(PROMPTS)
     for p, got in results.values():
         assert got == alone[p], p
+    # the last reply can reach its client a moment before its slot is released
+    wait_for(lambda: not health(four)["busy"], "the slots to go idle")
     after = health(four)
     assert after["slots"] == 4 and not after["busy"] and after["queued"] == 0
 
 
 def test_a_new_request_starts_while_another_is_generating(four):
-    log, lock = [], threading.Lock()
-    long = Stream(four, "long", "Once upon a time", 1500, log, lock)
-    try:
-        long.read(5)  # the long one is generating
-        reader = threading.Thread(target=long.read)
-        reader.start()
-        short = Stream(four, "short", "The cat", 8, log, lock)
-        short.read()
-        short.close()
-        reader.join(timeout=120)
-    finally:
-        long.close()
-    names = list(log)
-    first_short, short_done = names.index(("short", "piece")), names.index(("short", "done"))
-    long_done = names.index(("long", "done"))
+    # On a loaded machine the long stream (a second or so here) can end before the short
+    # request even connects; that proves nothing either way, so try again (at most 3 times).
+    # A server that serves one request at a time fails every attempt.
+    for _attempt in range(3):
+        log, lock = [], threading.Lock()
+        long = Stream(four, "long", "Once upon a time", 1500, log, lock)
+        try:
+            long.read(5)  # the long one is generating
+            reader = threading.Thread(target=long.read)
+            reader.start()
+            short = Stream(four, "short", "The cat", 8, log, lock)
+            short.read()
+            short.close()
+            reader.join(timeout=120)
+        finally:
+            long.close()
+        names = list(log)
+        first_short, short_done = names.index(("short", "piece")), names.index(("short", "done"))
+        long_done = names.index(("long", "done"))
+        if long_done > first_short:
+            break
     assert first_short < short_done < long_done
     assert ("long", "piece") in names[first_short:short_done]  # both streamed at the same time
     assert names.count(("long", "piece")) > 5 and long.finish == "length"

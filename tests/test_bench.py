@@ -3,7 +3,7 @@
 It runs on stories260K with one run per figure and small sizes, so it needs neither
 the synthetic 0.5B model nor much time; it does need the native reference llama.cpp,
 which bench/reference.sh builds once (about 10 minutes on 2 cores) into
-bench/.cache/llama.cpp/<key>, keyed by the sdist, the flags and this CPU, and later
+~/.cache/llamabundle/toolchain/reference/<key>, keyed by the sdist, the flags and this CPU, and later
 runs reuse. Timings are never asserted: only that every row has its numbers.
 """
 
