@@ -23,6 +23,9 @@ cake cookie milk juice bath water sand beach shell wave wind kite hill field far
 FILLERS = ["a", "I", "o", "e", "s", "t", "the", "and", "to", "it", "is", "x", "y"]
 
 
+_KEEP: dict = {}
+
+
 class Tokenizer:
     """A GGUF's vocabulary, loaded without its weights."""
 
@@ -30,8 +33,11 @@ class Tokenizer:
         import llama_cpp.llama_cpp as C
 
         self.C = C
-        self._quiet = C.llama_log_callback(lambda level, text, user_data: None)
-        C.llama_log_set(self._quiet, ctypes.c_void_p())
+        # llama.cpp keeps the log callback for the life of the process: it must never be
+        # freed (a collected one crashed the next model load in the same test process)
+        if "quiet" not in _KEEP:
+            _KEEP["quiet"] = C.llama_log_callback(lambda level, text, user_data: None)
+            C.llama_log_set(_KEEP["quiet"], ctypes.c_void_p())
         C.llama_backend_init()
         params = C.llama_model_default_params()
         params.vocab_only = True
