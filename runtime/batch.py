@@ -264,11 +264,12 @@ class BatchEngine:
             stats.generation_seconds = now - slot.t1
         stats.finish_reason = "stop" if reason == "error" else reason
         self.generated_tokens += stats.completion_tokens
-        job.events.put(("error", error) if error is not None else ("done", stats))
         self.C.llama_sampler_free(slot.sampler)
         slot.job, slot.sampler, slot.state = None, None, IDLE
         self.clock += 1
         slot.last_used = self.clock
+        # The slot is free before the client hears it is done: /health agrees with the reply.
+        job.events.put(("error", error) if error is not None else ("done", stats))
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

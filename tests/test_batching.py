@@ -169,8 +169,11 @@ def test_a_new_request_starts_while_another_is_generating(four):
         long_done = names.index(("long", "done"))
         if long_done > first_short:
             break
+    # A server serving one request at a time would finish the long stream first. Which
+    # client thread logs a piece first within the short's few milliseconds is up to the
+    # scheduler, so the test asks only that the long one went on after the short one ended.
     assert first_short < short_done < long_done
-    assert ("long", "piece") in names[first_short:short_done]  # both streamed at the same time
+    assert ("long", "piece") in names[short_done:long_done]
     assert names.count(("long", "piece")) > 5 and long.finish == "length"
     assert long.text.startswith(ask(four, "Once upon a time"))
 
