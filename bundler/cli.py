@@ -124,7 +124,7 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
     only append the model, so they take about as long as copying it.
     """
     from . import config as config_mod
-    from . import fuse, gguf_info, quantize, stub
+    from . import copying, fuse, gguf_info, quantize, stub
     from . import split as split_mod
 
     if output is None:
@@ -134,6 +134,10 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
     if compress and (split or split_size):
         raise click.UsageError("--compress and --split do not go together: split parts stay uncompressed")
     part_size = parse_size(split_size) if split_size else (split_mod.DEFAULT_PART if split else None)
+    # The model's sha256 is the longest step of a plain build: start it now, on the other
+    # core, and it overlaps everything up to and including the copy.
+    plain = not (qtype or compress or part_size)
+    model_hash = copying.ModelHash.start(model) if plain else None
     try:
         baked = config_mod.baked_settings(config, settings)
         if qtype:
@@ -154,12 +158,16 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
                 result = fuse.fuse(stub_path, source, output, settings=baked,
                                    compress_level=(compress_level or DEFAULT_LEVEL) if compress else None,
                                    split_size=part_size, progress=update,
-                                   described=None if qtype else described)  # fmt: skip
+                                   described=None if qtype else described,
+                                   model_hash=model_hash)  # fmt: skip
         finally:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
     except BundlerError as e:
         raise _fail(e) from None
+    finally:
+        if model_hash:
+            model_hash.cancel()  # a no-op once it is done
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     run = output if output.is_absolute() or output.parent != Path() else Path(".") / output

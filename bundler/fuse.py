@@ -63,13 +63,14 @@ def check_output(model: Path, out: Path) -> None:
 
 def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
          compress_level: int | None = None, split_size: int | None = None, progress=None,
-         described: dict | None = None) -> Result:
+         described: dict | None = None, model_hash=None) -> Result:
     """Write ``out`` = stub + stored model + manifest + trailer; return what was written.
 
     The model is stored as it is (mapped in place at run time), compressed with
     zstandard (``compress_level``), or as GGUF shards beside ``out`` (``split_size``).
     ``progress(n_bytes)`` is called as model bytes are read. ``described`` is
-    ``gguf_info.describe(model)`` when the caller already has it.
+    ``gguf_info.describe(model)`` when the caller already has it, and ``model_hash``
+    a ``copying.ModelHash`` of ``model`` already under way.
     """
     stub, model, out = Path(stub), Path(model), Path(out)
     check_output(model, out)
@@ -102,7 +103,7 @@ def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
                 dst.write(b"\0" * (offset - stub_len))
                 if compress_level is None:  # stored bytes = the GGUF's: one hash serves both
                     raw_hashes = copy_model(model, raw_dst, described["size"], described["header_size"],
-                                            progress)  # fmt: skip
+                                            progress, model_hash)  # fmt: skip
                     entry.update(storage="embedded", offset=offset, stored_size=described["size"],
                                  stored_sha256=raw_hashes["sha256"], **raw_hashes)  # fmt: skip
                 else:

@@ -163,3 +163,34 @@ def test_user_space_copy_gives_the_same_bundle(dummy_stub, model, tmp_path, monk
     user = fuse.fuse(dummy_stub, model, tmp_path / "user")
     assert calls and user.path.read_bytes() == kernel.path.read_bytes()
     assert payload.read_bundle(str(user.path)).model["sha256"] == kernel.manifest["model"]["sha256"]
+
+
+def test_a_hash_started_early_gives_the_same_bundle(dummy_stub, model, tmp_path, monkeypatch):
+    """`llamabundle build` starts the model's sha256 before reading its metadata; the
+    bundle is the same as one whose hash starts at the copy."""
+    from bundler.copying import ModelHash
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    late = fuse.fuse(dummy_stub, model, tmp_path / "late")
+    early = fuse.fuse(dummy_stub, model, tmp_path / "early", model_hash=ModelHash(model))
+    assert early.path.read_bytes() == late.path.read_bytes()
+    assert early.manifest["model"]["header_sha256"] == late.manifest["model"]["header_sha256"]
+
+
+def test_a_model_that_changes_after_its_hash_began_is_refused(dummy_stub, model, tmp_path):
+    import shutil
+
+    from bundler.copying import ModelHash
+    from bundler.errors import InputError
+
+    work = tmp_path / "work"
+    work.mkdir()
+    src = work / "m.gguf"
+    shutil.copyfile(model, src)
+    started = ModelHash(src)
+    started.future.result()
+    with open(src, "ab") as f:  # the file grows between the hash and the copy
+        f.write(b"\0" * 64)
+    with pytest.raises(InputError, match="changed while it was being read"):
+        fuse.fuse(dummy_stub, src, work / "out", model_hash=started)
+    assert sorted(p.name for p in work.iterdir()) == ["m.gguf"]  # nothing half-written left
