@@ -63,6 +63,7 @@ def header() -> str:
         "LB_RUNTIME_EXE": _c_string(payload.RUNTIME_EXE.encode()),
         "LB_CACHE_ENV": _c_string(payload.CACHE_ENV.encode()),
         "LB_LAUNCHER_ENV": _c_string(payload.LAUNCHER_ENV.encode()),
+        "LB_RUNTIME_KEEP_DAYS": payload.RUNTIME_KEEP_DAYS,
         "LB_EXIT_PAYLOAD": errors.PayloadError.exit_code,
         "LB_EXIT_RESOURCE": errors.ResourceError.exit_code,
     }

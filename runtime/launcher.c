@@ -10,6 +10,7 @@
  * half-written in use. Every start then execs the unpacked runtime directly:
  * no per-start unpacking, one process. Where the cache cannot be written, the
  * runtime is unpacked into a private temporary folder for this run only.
+ * Unpacking a new runtime removes old ones nobody started for RUNTIME_KEEP_DAYS.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +26,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <dirent.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -260,6 +262,58 @@ static void clean_stale(const char *dir) {
     closedir(d);
 }
 
+#define DAY 86400
+
+/* Whether a running process has its executable in folder `dir` (Linux: /proc/PID/exe). */
+static int in_use(const char *dir) {
+#ifdef __linux__
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    char link[64], target[PATH_MAX];
+    size_t n = strlen(dir);
+    int used = 0;
+    if (!d) return 1;  /* cannot tell: keep it */
+    while (!used && (e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+        if (snprintf(link, sizeof link, "/proc/%.20s/exe", e->d_name) >= (int)sizeof link) continue;
+        ssize_t r = readlink(link, target, sizeof target - 1);
+        if (r <= 0) continue;
+        target[r] = 0;
+        used = !strncmp(target, dir, n) && target[n] == '/';
+    }
+    closedir(d);
+    return used;
+#else
+    (void)dir;
+    return 1;  /* no cheap way to tell: never remove */
+#endif
+}
+
+/* After a new runtime is unpacked: remove the runtimes (32-character folder names)
+   that no start touched for RUNTIME_KEEP_DAYS and no running process uses. Each is
+   first renamed to a ".<id>.<pid>.tmp" folder, which clean_stale() finishes if this
+   process is killed meanwhile; a start that raced the rename unpacks its runtime again. */
+static void prune(const char *runtime_dir, const char *keep) {
+    DIR *d = opendir(runtime_dir);
+    struct dirent *e;
+    struct stat s;
+    char path[PATH_MAX], trash[PATH_MAX];
+    time_t now = time(NULL);
+    if (!d) return;
+    while ((e = readdir(d))) {
+        if (strlen(e->d_name) != 32 || e->d_name[0] == '.' || !strcmp(e->d_name, keep)) continue;
+        if (snprintf(path, sizeof path, "%s/%s", runtime_dir, e->d_name) >= (int)sizeof path ||
+            snprintf(trash, sizeof trash, "%s/.%s.%ld.tmp", runtime_dir, e->d_name, (long)getpid()) >=
+                (int)sizeof trash)
+            continue;
+        if (lstat(path, &s) || !S_ISDIR(s.st_mode) || now - s.st_mtime < (time_t)LB_RUNTIME_KEEP_DAYS * DAY ||
+            in_use(path))
+            continue;
+        if (!rename(path, trash)) rm_rf(trash);
+    }
+    closedir(d);
+}
+
 /* Unpack into <cache>/runtime/<id>/ unless it is there; 0 when <dir>/RUNTIME_EXE can run. */
 static int install(int fd, uint64_t off, uint64_t size, uint32_t entries, const char *runtime_dir,
                    const char *dir, const char *id, const char *exe) {
@@ -289,6 +343,16 @@ static int install(int fd, uint64_t off, uint64_t size, uint32_t entries, const 
         rm_rf(tmp);
         return won_elsewhere && access(exe, X_OK) == 0 ? 0 : -1;
     }
+    prune(runtime_dir, id);
+    return 0;
+}
+
+/* 0 when <dir>/RUNTIME_EXE is there; marks the folder used today (one metadata write a
+   day at most, so a bundle on a USB stick or an SSD does not write on every start). */
+static int installed(const char *dir, const char *exe) {
+    struct stat s;
+    if (access(exe, X_OK) || stat(dir, &s)) return -1;
+    if (time(NULL) - s.st_mtime > DAY) utimensat(AT_FDCWD, dir, NULL, 0);  /* read-only cache: fine */
     return 0;
 }
 
@@ -368,9 +432,10 @@ int main(int argc, char **argv) {
         snprintf(runtime_dir, sizeof runtime_dir, "%s/runtime", root) < (int)sizeof runtime_dir &&
         snprintf(dir, sizeof dir, "%s/%s", runtime_dir, id) < (int)sizeof dir &&
         snprintf(exe, sizeof exe, "%s/%s", dir, LB_RUNTIME_EXE) < (int)sizeof exe &&
-        (access(exe, X_OK) == 0 || install(fd, off, size, entries, runtime_dir, dir, id, exe) == 0)) {
-        close(fd);
+        (installed(dir, exe) == 0 || install(fd, off, size, entries, runtime_dir, dir, id, exe) == 0)) {
         execv(exe, argv);
+        /* Another bundle's first start pruned this runtime just now: unpack it again. */
+        if (errno == ENOENT && install(fd, off, size, entries, runtime_dir, dir, id, exe) == 0) execv(exe, argv);
         die(1, "cannot start the runtime %s: %s", exe, strerror(errno));
     }
     return run_once(fd, off, size, entries, argv);

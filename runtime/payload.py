@@ -80,6 +80,10 @@ LAUNCHER_ENV = "LLAMABUNDLE_EXE"  # set by the native launcher: the bundle it wa
 # so concurrent first starts are safe) and then execs RUNTIME_EXE there on every
 # start, with LAUNCHER_ENV naming the bundle. The stub trailer is the last
 # STUB_TRAILER.size bytes of the stub, which ends where the payload starts.
+# A start touches its runtime folder (at most once a day); a first start of a new
+# runtime removes the others that no start touched for RUNTIME_KEEP_DAYS and that
+# no running process uses.
+RUNTIME_KEEP_DAYS = 30
 STUB_MAGIC = b"LLBSTUB1"
 STUB_VERSION = 1
 RUNTIME_EXE = "llamabundle-runtime"

@@ -7,6 +7,7 @@ import os
 import stat
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import PROMPT, assert_one_line_error, run_exe
@@ -78,6 +79,51 @@ def test_leftovers_of_a_killed_first_start_are_removed(bundle, isolated_caches):
     alive.mkdir()
     complete(bundle)
     assert not stale.exists() and alive.exists()
+
+
+def _old_runtime(root: Path, name: str, days: float, exe: bytes = b"") -> Path:
+    d = root / name
+    (d / "_internal").mkdir(parents=True)
+    (d / payload.RUNTIME_EXE).write_bytes(exe)
+    (d / payload.RUNTIME_EXE).chmod(0o755)
+    when = time.time() - days * 86400
+    os.utime(d, (when, when))
+    return d
+
+
+def test_a_new_runtime_removes_old_ones_nobody_started_for_a_month(bundle, isolated_caches):
+    root = isolated_caches / "llamabundle" / "runtime"
+    keep = payload.RUNTIME_KEEP_DAYS
+    stale = _old_runtime(root, "a" * 32, keep + 10)
+    recent = _old_runtime(root, "b" * 32, keep - 10)
+    running = _old_runtime(root, "c" * 32, keep + 10, exe=Path("/bin/sleep").read_bytes())
+    not_ours = root / "notes"  # not a runtime's name: never touched
+    not_ours.mkdir()
+    os.utime(not_ours, (0, 0))
+    sleeper = subprocess.Popen([str(running / payload.RUNTIME_EXE), "60"])
+    try:
+        complete(bundle)  # the first start of this bundle's runtime
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    names = {d.name for d in runtime_dirs(isolated_caches)}
+    assert not stale.exists()
+    assert {recent.name, running.name, not_ours.name} < names and len(names) == 4
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_a_start_marks_its_runtime_used_at_most_once_a_day(bundle, isolated_caches):
+    complete(bundle)
+    (ours,) = runtime_dirs(isolated_caches)
+    long_ago = time.time() - 3 * 86400
+    os.utime(ours, (long_ago, long_ago))
+    complete(bundle)
+    touched = ours.stat().st_mtime
+    assert touched > time.time() - 600  # marked used now
+    yesterday_and_less = time.time() - 3600
+    os.utime(ours, (yesterday_and_less, yesterday_and_less))
+    complete(bundle)
+    assert ours.stat().st_mtime == yesterday_and_less  # within a day: no write
 
 
 def test_an_unwritable_cache_unpacks_for_this_run_only(bundle, tmp_path, isolated_caches):
