@@ -73,14 +73,13 @@ class Worker:
     def _run(self) -> None:
         engine = None
         try:
-            with open_session(self.bundle, self.settings, verbose=self.verbose,
-                              cache_dir=self.cache_dir) as (session, _sampling):  # fmt: skip
-                # The server decodes in its own context with one sequence per slot over the same
-                # model (requests bring their own sampling); the single-sequence one goes.
-                session.close()
-                engine = BatchEngine(session.model, n_ctx=session.n_ctx, n_threads=session.n_threads,
-                                     n_batch=session.n_batch, n_slots=self.n_slots)  # fmt: skip
-                self.formatter = Formatter(session.model, self.settings["chat_template"][0] or None)
+            with open_session(self.bundle, self.settings, verbose=self.verbose, cache_dir=self.cache_dir,
+                              context=False) as (loaded, _sampling):  # fmt: skip
+                # The server decodes in its own context, one sequence per slot (requests bring
+                # their own sampling).
+                engine = BatchEngine(loaded.model, n_ctx=loaded.n_ctx, n_threads=loaded.n_threads,
+                                     n_batch=loaded.n_batch, n_slots=self.n_slots)  # fmt: skip
+                self.formatter = Formatter(loaded.model, self.settings["chat_template"][0] or None)
                 self.session = engine
                 self.state = "ready"
                 self.ready.set()

@@ -284,9 +284,8 @@ def engine_parts(dev_exe):
     from runtime.session import open_session
 
     bundle = payload.read_bundle(dev_exe.read_text().split("'")[1])
-    with open_session(bundle, resolve({}, environ={})) as (session, _):
-        session.close()
-        yield session.model, session.n_threads
+    with open_session(bundle, resolve({}, environ={}), context=False) as (loaded, _):
+        yield loaded.model, loaded.n_threads
 
 
 def _job(model, prompt, n, stop=()):
