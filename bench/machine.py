@@ -54,7 +54,9 @@ def _git() -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here).stdout
 
     head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no").strip()
+    # the results of an earlier run are not a change to what is measured
+    dirty = [ln for ln in git("status", "--porcelain", "--untracked-files=no").splitlines()
+             if not ln[3:].startswith("bench/RESULTS.")]  # fmt: skip
     return head + (" with uncommitted changes" if dirty else "")
 
 

@@ -22,11 +22,11 @@ def human(size: int) -> str:
 
 
 def _first_byte(cmd: list[str], lost: list[int]) -> tuple[float, bytes]:
-    """first_byte(), tried again (up to 3 times) when the command printed nothing at all:
+    """first_byte(), tried again (up to 10 times) when the command printed nothing at all:
     llama-completion prints through llama.cpp's asynchronous logger, which can lose its
     whole output when a tiny model finishes in milliseconds (the logger is never flushed
     at exit). Such runs have no first byte to time; they are counted, not measured."""
-    for _ in range(3):
+    for _ in range(10):
         try:
             return first_byte(cmd)
         except RuntimeError as e:
