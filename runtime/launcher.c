@@ -264,12 +264,13 @@ static void clean_stale(const char *dir) {
 
 #define DAY 86400
 
-/* Whether a running process has its executable in folder `dir` (Linux: /proc/PID/exe). */
-static int in_use(const char *dir) {
+/* Whether a running process has its executable in folder `path` (Linux: /proc/PID/exe). */
+static int in_use(const char *path) {
 #ifdef __linux__
+    char link[64], target[PATH_MAX], dir[PATH_MAX];
+    if (!realpath(path, dir)) return 1;  /* /proc/PID/exe is a resolved path */
     DIR *d = opendir("/proc");
     struct dirent *e;
-    char link[64], target[PATH_MAX];
     size_t n = strlen(dir);
     int used = 0;
     if (!d) return 1;  /* cannot tell: keep it */
@@ -284,7 +285,7 @@ static int in_use(const char *dir) {
     closedir(d);
     return used;
 #else
-    (void)dir;
+    (void)path;
     return 1;  /* no cheap way to tell: never remove */
 #endif
 }

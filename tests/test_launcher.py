@@ -101,8 +101,10 @@ def test_a_new_runtime_removes_old_ones_nobody_started_for_a_month(bundle, isola
     not_ours.mkdir()
     os.utime(not_ours, (0, 0))
     sleeper = subprocess.Popen([str(running / payload.RUNTIME_EXE), "60"])
+    via_link = isolated_caches.parent / "via-link"  # /proc/PID/exe is resolved; the cache path need not be
+    via_link.symlink_to(isolated_caches)
     try:
-        complete(bundle)  # the first start of this bundle's runtime
+        complete(bundle, env={payload.CACHE_ENV: str(via_link / "llamabundle")})  # this runtime's first start
     finally:
         sleeper.kill()
         sleeper.wait()
