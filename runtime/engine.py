@@ -145,19 +145,21 @@ class Model:
             n = self.C.llama_tokenize(self.vocab, data, len(data), buf, -n, add_special, True)
         return list(buf[:n])
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """A token's bytes. Control tokens (BOS, chat markers) render only with ``special``:
+        generated text leaves them out, as llama.cpp's own tools do."""
         buf = ctypes.create_string_buffer(256)
-        n = self.C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        n = self.C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
-            n = self.C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            n = self.C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
     def is_eog(self, token: int) -> bool:
         return bool(self.C.llama_vocab_is_eog(self.vocab, token))
 
     def token_text(self, token: int) -> str:
-        return self.piece(token).decode("utf-8", "replace")
+        return self.piece(token, special=True).decode("utf-8", "replace")
 
 
 class Session:

@@ -310,6 +310,17 @@ def _run(engine, jobs):
     return out
 
 
+def test_generated_text_leaves_control_tokens_out(engine_parts):
+    """stories260K can generate BOS between two stories; like llama.cpp's own tools, the
+    reply leaves it out, while chat templates still get its text."""
+    model, _ = engine_parts
+    bos = model.C.llama_vocab_bos(model.vocab)
+    assert model.piece(bos) == b"" and model.token_text(bos) == "<s>"
+    words = model.tokenize("Once upon a time", add_special=False)
+    assert b"".join(model.piece(t) for t in words).strip() == b"Once upon a time"
+    assert [model.piece(t) for t in words] == [model.piece(t, special=True) for t in words]
+
+
 def test_engine_reuses_the_longest_cached_prefix(engine_parts):
     model, threads = engine_parts
     engine = BatchEngine(model, n_ctx=512, n_threads=threads, n_slots=2)
