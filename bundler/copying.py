@@ -3,13 +3,16 @@
 sha256 releases the GIL, so hashing runs on a second core while the copy goes
 on. On Linux the copy itself is `copy_file_range`: the kernel moves the bytes
 between the two files (or shares them, on filesystems with reflinks), the way
-`cp` does, while a second reader hashes the source. Elsewhere, and where the
-kernel refuses, every chunk is read once, hashed on the second core and written.
+`cp` does, and starts writing them to the disk as it goes, while a second reader
+(``ModelHash``, started as early as the build can) hashes the source through a
+mapping. Elsewhere, and where the kernel refuses, every chunk is read once,
+hashed on the second core and written.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import mmap
 import os
@@ -22,9 +25,8 @@ from .errors import InputError
 CHUNK = 8 << 20
 KERNEL_CHUNK = 64 << 20  # copy_file_range steps (progress is reported per step)
 _HASHERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
-# copy_file_range is refused across filesystems on old kernels and by some filesystems
 SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of the range's dirty pages, do not wait
-_SFR: dict = {}
+# copy_file_range is refused across filesystems on old kernels and by some filesystems
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EBADF}
 
 
@@ -169,16 +171,15 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         fn(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
+@functools.cache
 def _sync_file_range():
-    if "fn" not in _SFR:
-        import ctypes
+    import ctypes
 
-        fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
-        if fn is not None:
-            fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-            fn.restype = ctypes.c_int
-        _SFR["fn"] = fn
-    return _SFR["fn"]
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
 
 
 def _hash_head(path: Path, header_size: int) -> str:

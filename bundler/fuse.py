@@ -26,8 +26,6 @@ from .launcher import cookie_tail
 from .split import write_parts
 from .stub import executable_kind
 
-WINDOW_LOG = 27  # 128 MiB: the largest window zstd decoders accept by default
-
 
 @dataclass(frozen=True)
 class Result:
@@ -170,7 +168,7 @@ def _compress_model(model: Path, dst, described: dict, level: int, progress) -> 
 
     params = zstandard.ZstdCompressionParameters.from_level(
         level, source_size=described["size"], threads=-1, enable_ldm=True,
-        window_log=WINDOW_LOG, write_checksum=True, write_content_size=True,
+        window_log=payload.ZSTD_WINDOW_LOG, write_checksum=True, write_content_size=True,
     )  # fmt: skip
     writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(
         dst, size=described["size"], closefd=False, write_return_read=True

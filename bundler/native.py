@@ -124,8 +124,9 @@ def pack(root: Path, out) -> tuple[int, int]:
     import zstandard
 
     params = zstandard.ZstdCompressionParameters.from_level(
-        ARCHIVE_LEVEL, threads=os.cpu_count() or 1, write_checksum=True, enable_ldm=True, window_log=27
-    )
+        ARCHIVE_LEVEL, threads=os.cpu_count() or 1, write_checksum=True, enable_ldm=True,
+        window_log=payload.ZSTD_WINDOW_LOG,
+    )  # fmt: skip
     count, start = 0, out.tell()
     writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False)
     for kind, mode, rel, src in entries(root):

@@ -200,9 +200,6 @@ class Session:
                 raise ModelError(f"llama.cpp failed to evaluate the prompt (llama_decode={rc})")
             self.cached.extend(chunk)
 
-    def _sampler(self, s: Sampling):
-        return make_sampler(self.C, self.model.n_vocab, s)
-
     def generate(
         self, tokens: list[int], sampling: Sampling, *, max_tokens: int = -1, stats: Stats | None = None
     ) -> Iterator[str]:
@@ -228,7 +225,7 @@ class Session:
         self._decode(tokens[keep:])
         stats.prompt_seconds = time.perf_counter() - t0
 
-        sampler = self._sampler(sampling)
+        sampler = make_sampler(self.C, self.model.n_vocab, sampling)
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         t1 = time.perf_counter()
         try:

@@ -61,6 +61,9 @@ MODEL_KEYS = ("name", "size", "sha256", "header_size", "header_sha256", "gguf",
               "storage", "offset", "stored_size", "stored_sha256", "parts")  # fmt: skip
 PART_KEYS = ("file", "size", "sha256", "header_size", "header_sha256")
 STORAGES = ("embedded", "zstd", "split")
+# zstd frames (a compressed model, the stub's runtime archive) use at most this window:
+# 128 MiB, the largest zstd decoders (the runtime's zstandard reader) accept by default.
+ZSTD_WINDOW_LOG = 27
 # Windows will not run an executable of 4 GiB or more, and FAT32 holds no file that large.
 MAX_FILE = 4 * 2**30 - 1
 

@@ -71,10 +71,10 @@ class App:
         return h.send_json(200, {"status": "ok", **w.status()})
 
     def props(self, h, body):
-        session = self.worker.session
+        engine = self.worker.engine
         h.send_json(200, {
             "model": self.model_id,
-            "n_ctx": session.n_ctx if session else self.planned_ctx,
+            "n_ctx": engine.n_ctx if engine else self.planned_ctx,
             "system_prompt": self.system_prompt,
             "chat_template": self.has_template,
             "greeting": self.greeting,
@@ -107,11 +107,11 @@ class App:
         return w
 
     def _tokens(self, w, text: str, add_special: bool, param: str) -> list[int]:
-        tokens = w.session.model.tokenize(text, add_special=add_special)
-        if len(tokens) >= w.session.n_ctx:
+        tokens = w.engine.model.tokenize(text, add_special=add_special)
+        if len(tokens) >= w.engine.n_ctx:
             raise api.ApiError(
                 400, f"the prompt is {len(tokens)} tokens, but this model's context holds "
-                f"{w.session.n_ctx}; shorten it", code="context_length_exceeded", param=param,
+                f"{w.engine.n_ctx}; shorten it", code="context_length_exceeded", param=param,
             )  # fmt: skip
         return tokens
 
@@ -151,7 +151,7 @@ class App:
         else:
             text, add_special, stop = req.prompt, True, []
         tokens = self._tokens(w, text, add_special, "messages" if chat else "prompt")
-        room = w.session.n_ctx - len(tokens)
+        room = w.engine.n_ctx - len(tokens)
         max_tokens = room if req.max_tokens < 0 else min(req.max_tokens, room)
         job = Job("generate", tokens, stop=stop + req.stop, sampling=req.sampling, max_tokens=max_tokens,
                   stream=req.stream)  # fmt: skip

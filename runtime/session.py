@@ -51,7 +51,6 @@ class Loaded:
     model: Model
     n_ctx: int
     n_threads: int
-    n_batch: int = 512
 
 
 @contextmanager

@@ -47,7 +47,7 @@ class Worker:
         self.jobs: queue.Queue = queue.Queue()
         self.waiting: collections.deque = collections.deque()  # generation jobs waiting for a slot
         self.n_slots = settings["parallel"][0]
-        self.session = self.formatter = None  # session: the BatchEngine, once loaded
+        self.engine = self.formatter = None  # the BatchEngine, once loaded
         self._embedding = False
         self._embed_ctx = None
         self._thread = threading.Thread(target=self._run, name="llama-worker", daemon=True)
@@ -56,7 +56,7 @@ class Worker:
         self._thread.start()
 
     def status(self) -> dict:
-        engine = self.session
+        engine = self.engine
         busy = bool(engine and engine.active) or self._embedding
         generated = engine.generated_tokens if engine else 0
         return {"state": self.state, "busy": busy, "queued": len(self.waiting) + self.jobs.qsize(),
@@ -78,9 +78,9 @@ class Worker:
                 # The server decodes in its own context, one sequence per slot (requests bring
                 # their own sampling).
                 engine = BatchEngine(loaded.model, n_ctx=loaded.n_ctx, n_threads=loaded.n_threads,
-                                     n_batch=loaded.n_batch, n_slots=self.n_slots)  # fmt: skip
+                                     n_slots=self.n_slots)  # fmt: skip
                 self.formatter = Formatter(loaded.model, self.settings["chat_template"][0] or None)
-                self.session = engine
+                self.engine = engine
                 self.state = "ready"
                 self.ready.set()
                 try:
@@ -140,7 +140,7 @@ class Worker:
 
     # -- embeddings --------------------------------------------------------------
     def _embed(self, tokens: list[int]) -> list[float]:
-        C, model = self.session.C, self.session.model
+        C, model = self.engine.C, self.engine.model
         ctx = self._embedding_context()
         C.llama_memory_clear(C.llama_get_memory(ctx), True)
         arr = (C.llama_token * len(tokens))(*tokens)
@@ -154,19 +154,19 @@ class Worker:
 
     def _embedding_context(self):
         if self._embed_ctx is None:
-            C = self.session.C
+            C = self.engine.C
             params = C.llama_context_default_params()
-            params.n_ctx = params.n_batch = params.n_ubatch = self.session.n_ctx
-            params.n_threads = params.n_threads_batch = self.session.n_threads
+            params.n_ctx = params.n_batch = params.n_ubatch = self.engine.n_ctx
+            params.n_threads = params.n_threads_batch = self.engine.n_threads
             params.embeddings = True
             params.pooling_type = POOLING_MEAN
             params.no_perf = True
-            self._embed_ctx = C.llama_init_from_model(self.session.model.ptr, params)
+            self._embed_ctx = C.llama_init_from_model(self.engine.model.ptr, params)
             if not self._embed_ctx:
                 raise RuntimeFailure("llama.cpp could not create an embedding context")
         return self._embed_ctx
 
     def _free_embed_ctx(self) -> None:
         if self._embed_ctx is not None:
-            self.session.C.llama_free(self._embed_ctx)
+            self.engine.C.llama_free(self._embed_ctx)
             self._embed_ctx = None
