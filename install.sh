@@ -56,16 +56,32 @@ fi
 # System packages: zstd's static library for the native launcher (bundler/native.py),
 # and the tools the tests drive: Debian's Chromium (the web chat, through Playwright),
 # strace and iproute2 (the offline tests), curl (the README's examples) and qemu-user
-# (old CPUs under emulation).
-missing=""
-for pair in libzstd-dev:/usr/include/zstd.h chromium:/usr/bin/chromium strace:/usr/bin/strace \
-            iproute2:/usr/sbin/ip curl:/usr/bin/curl qemu-user:/usr/bin/qemu-x86_64; do
-  [ -e "${pair#*:}" ] || missing="$missing ${pair%%:*}"
-done
-if [ -n "$missing" ]; then
-  say "installing system packages for the tests:$missing"
+# (old CPUs under emulation). Then what builds and runs Windows bundles on Linux
+# (bundler/windows/): Wine, mingw-w64, CMake and Ninja, osslsigncode (Authenticode checks).
+missing() {
+  local out=""
+  for pair in "$@"; do [ -e "${pair#*:}" ] || out="$out ${pair%%:*}"; done
+  echo "$out"
+}
+apt_install() {  # apt_install OPTIONS... -- PACKAGES...
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $missing >/dev/null
+  [ -n "${APT_UPDATED:-}" ] || { $SUDO apt-get update -qq; APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+need=$(missing libzstd-dev:/usr/include/zstd.h chromium:/usr/bin/chromium strace:/usr/bin/strace \
+               iproute2:/usr/sbin/ip curl:/usr/bin/curl qemu-user:/usr/bin/qemu-x86_64)
+if [ -n "$need" ]; then
+  say "installing system packages for the tests:$need"
+  apt_install $need
+fi
+need=$(missing wine:/usr/bin/wine wine64:/usr/lib/wine/wine64 \
+               gcc-mingw-w64-x86-64-posix:/usr/bin/x86_64-w64-mingw32-gcc-posix \
+               g++-mingw-w64-x86-64-posix:/usr/bin/x86_64-w64-mingw32-g++-posix \
+               binutils-mingw-w64-x86-64:/usr/bin/x86_64-w64-mingw32-windres \
+               cmake:/usr/bin/cmake ninja-build:/usr/bin/ninja osslsigncode:/usr/bin/osslsigncode)
+if [ -n "$need" ]; then
+  say "installing Wine and mingw-w64 (Windows bundles built and tested on Linux):$need"
+  apt_install --no-install-recommends $need
 fi
 
 say "installing llamabundle and its test dependencies"

@@ -19,6 +19,7 @@ from runtime.errors import PayloadError
 from .errors import BundlerError, InputError, OutputError
 
 DEFAULT_LEVEL = 9
+OSES = ("windows", "linux", "macos")  # bundler.stub.OSES, without importing it (and PyInstaller) early
 
 
 def _human(n: int) -> str:
@@ -94,6 +95,9 @@ def setting_options(f):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Executable to write [default: dist/MODEL_NAME].")  # fmt: skip
+@click.option("--os", "target_os", type=click.Choice(OSES),
+              help="The OS to build for [default: windows for a .exe output, else --runtime's or this "
+                   "machine's].")  # fmt: skip
 @click.option("--runtime", "runtime_stub", type=click.Path(path_type=Path),
               help="Use this prebuilt runtime stub (any OS) instead of this machine's.")  # fmt: skip
 @click.option("--config", type=click.Path(path_type=Path),
@@ -107,7 +111,8 @@ def setting_options(f):
 @click.option("--split", is_flag=True,
               help="Keep the weights in parts (each under 4 GiB) beside the executable.")  # fmt: skip
 @click.option("--split-size", metavar="SIZE", help="Largest part with --split [default: 3.75G].")
-def build(model: Path, output: Path | None, runtime_stub: Path | None, config: Path | None,
+def build(model: Path, output: Path | None, target_os: str | None, runtime_stub: Path | None,
+          config: Path | None,
           qtype: str | None, compress: bool, compress_level: int | None, split: bool,
           split_size: str | None, **settings):  # fmt: skip
     """Fuse MODEL (a .gguf file) and the runtime into one executable.
@@ -115,6 +120,7 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
     \b
     Examples:
       llamabundle build stories260K.gguf -o dist/tales
+      llamabundle build model.gguf -o chat.exe          # Windows, built on Linux under Wine
       llamabundle build model.gguf -o chat --system "You are terse." --temp 0.3
       llamabundle build model.gguf -o chat --config bundle.toml --compress
       llamabundle build model-f16.gguf -o chat --quantize Q4_K_M
@@ -127,8 +133,12 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
     from . import copying, fuse, gguf_info, quantize, stub
     from . import split as split_mod
 
+    try:
+        target_os = _target_os(target_os, output, runtime_stub)
+    except BundlerError as e:
+        raise _fail(e) from None
     if output is None:
-        output = Path("dist") / model.stem
+        output = Path("dist") / (model.stem + (".exe" if target_os == "windows" else ""))
     if compress_level is not None:
         compress = True
     if compress and (split or split_size):
@@ -145,7 +155,7 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
         described = gguf_info.describe(str(model))  # fail fast, before the stub
         tensors = described["gguf"]["tensor_count"]
         fuse.check_output(model, output)
-        stub_path = runtime_stub or stub.cached_stub(log=lambda m: click.echo(m, err=True))
+        stub_path = runtime_stub or stub.stub_for(target_os, log=lambda m: click.echo(m, err=True))
         source, tmp = model, None
         try:
             if qtype:
@@ -168,13 +178,35 @@ def build(model: Path, output: Path | None, runtime_stub: Path | None, config: P
     finally:
         if model_hash:
             model_hash.cancel()  # a no-op once it is done
-    for note in result.notes:
+    notes = list(result.notes)
+    if target_os == "windows" and output.suffix.lower() != ".exe":
+        notes.append(f"Windows runs only files named .exe: rename it to {output.name}.exe there")
+    for note in notes:
         click.echo(f"note: {note}", err=True)
     run = output if output.is_absolute() or output.parent != Path() else Path(".") / output
     parts = result.manifest["model"]["parts"]
     extra = f", plus {len(parts)} model parts beside it" if parts else ""
-    click.echo(f"Built {output} ({_human(result.size)}, build {result.build_id}{extra}); "
-               f"run it with: {run} (or {run} --help)")  # fmt: skip
+    kind = result.manifest["stub"]
+    where = " on Windows" if target_os == "windows" and stub.host_os() != "windows" else ""
+    click.echo(f"Built {output} for {kind['os']}-{kind['arch']} ({_human(result.size)}, build "
+               f"{result.build_id}{extra}); run it{where} with: {run} (or {run} --help)")  # fmt: skip
+
+
+def _target_os(asked: str | None, output: Path | None, runtime_stub: Path | None) -> str:
+    """--os, else what --runtime is, else windows for a .exe output, else this machine's."""
+    from . import stub
+
+    exe = output is not None and output.suffix.lower() == ".exe"
+    if runtime_stub is not None:
+        given = stub.executable_kind(runtime_stub)["os"]
+        wanted = asked or ("windows" if exe else given)
+        if given != wanted:
+            why = f"--os {asked}" if asked else f"the .exe name of {output}"
+            raise InputError(f"--runtime {runtime_stub} is a {given} runtime stub, but {why} asks for "
+                             f"{wanted}; pass a {wanted} stub (llamabundle stub --os {wanted}) or change "
+                             f"{'--os' if asked else 'the output name'}")  # fmt: skip
+        return given
+    return asked or ("windows" if exe else stub.host_os())
 
 
 def _scratch_dir(output: Path) -> Path:
@@ -269,20 +301,27 @@ def verify_cmd(bundle: Path):
 
 
 @cli.command("stub")
+@click.option("--os", "target_os", type=click.Choice(OSES), help="The OS to build for [default: this one].")
 @click.option("--rebuild", is_flag=True, help="Build it again even if it is cached.")
-def stub_cmd(rebuild: bool):
-    """Build (or find) this machine's cached runtime stub and print its path.
+def stub_cmd(target_os: str | None, rebuild: bool):
+    """Build (or find) a cached runtime stub and print its path.
+
+    On Linux, --os windows builds the Windows stub under Wine with mingw-w64
+    (Debian's wine, gcc-mingw-w64-x86-64-posix, ninja-build, osslsigncode):
+    about half an hour the first time, cached afterwards.
 
     \b
     Examples:
       llamabundle stub
+      llamabundle stub --os windows
       llamabundle stub --rebuild
       cp "$(llamabundle stub)" runtime-linux-x86_64   # to fuse on another machine
     """
     from . import stub
 
     try:
-        path = stub.cached_stub(rebuild=rebuild, log=lambda m: click.echo(m, err=True))
+        path = stub.stub_for(target_os or stub.host_os(), rebuild=rebuild,
+                             log=lambda m: click.echo(m, err=True))  # fmt: skip
     except BundlerError as e:
         raise _fail(e) from None
     click.echo(str(path))

@@ -103,6 +103,25 @@ def stub_key() -> str:
     return h.hexdigest()[:20]
 
 
+def host_os() -> str:
+    return {"win32": "windows", "darwin": "macos"}.get(sys.platform, "linux")
+
+
+def stub_for(target_os: str, rebuild: bool = False, log=print) -> Path:
+    """The cached runtime stub for ``target_os``, built on this host if it can be."""
+    host = host_os()
+    if target_os == host:
+        return cached_stub(rebuild=rebuild, log=log)
+    if target_os == "windows" and host == "linux":
+        from .windows import stub as windows_stub
+
+        return windows_stub.cached_stub(rebuild=rebuild, log=log)
+    raise StubError(
+        f"a {target_os} runtime cannot be built on {host}: build it on {target_os} with "
+        "'llamabundle stub' (or take it from the release workflow) and pass it with --runtime"
+    )
+
+
 def cached_stub(rebuild: bool = False, log=print) -> Path:
     """Path of this machine's runtime stub, building it first if it is not cached."""
     key = stub_key()
@@ -117,10 +136,34 @@ def cached_stub(rebuild: bool = False, log=print) -> Path:
     return target
 
 
+def pyinstaller_args(root: Path, libs: list[Path], backends: list[Path], tmp: Path, *, onedir: bool,
+                     sep: str = os.pathsep, path=str, extra_binaries=()) -> list[str]:
+    """PyInstaller's arguments for the runtime, the same for every OS. ``path`` turns
+    a host path into one the (maybe emulated) building Python can open, ``sep`` is
+    that Python's path separator in --add-data."""
+    args = [
+        "--onedir" if onedir else "--onefile", "--noconfirm", "--clean", "--log-level", "WARN",
+        "--name", STUB_NAME, "--distpath", path(tmp / "dist"), "--workpath", path(tmp / "work"),
+        "--specpath", path(tmp), "--paths", path(root),
+        "--hidden-import", "llama_cpp.llama_cpp", "--hidden-import", "zstandard",
+        "--copy-metadata", "llama_cpp_python",
+    ]  # fmt: skip
+    for name in EXCLUDES:
+        args += ["--exclude-module", name]
+    if (root / "templates").is_dir() and any((root / "templates").iterdir()):
+        args += ["--add-data", f"{path(root / 'templates')}{sep}templates"]
+    for lib in libs:  # by the sonames libllama links to; the other copies are dead weight
+        args += ["--add-binary", f"{path(lib)}{sep}llama_cpp/lib"]
+    for so in backends:
+        args += ["--add-binary", f"{path(so)}{sep}ggml_backends"]
+    for dll in extra_binaries:
+        args += ["--add-binary", f"{path(dll)}{sep}."]
+    return [*args, path(root / "runtime" / "__main__.py")]
+
+
 def build_stub(target: Path, log=print) -> None:
     lib, variants = llama_cpp_dirs()
     root = project_root()
-    sep = os.pathsep
     log(
         f"Building the runtime stub for {platform.system().lower()}-{platform.machine()} "
         "(once per llamabundle and llama.cpp version; about a minute)..."
@@ -129,43 +172,35 @@ def build_stub(target: Path, log=print) -> None:
     with tempfile.TemporaryDirectory(prefix="llamabundle-stub-") as tmp:
         tmp = Path(tmp)
         onedir = native.supported()
-        cmd = [
-            sys.executable, "-m", "PyInstaller", "--onedir" if onedir else "--onefile",
-            "--noconfirm", "--clean", "--log-level", "WARN", "--name", STUB_NAME,
-            "--distpath", str(tmp / "dist"), "--workpath", str(tmp / "work"),
-            "--specpath", str(tmp), "--paths", str(root),
-            "--hidden-import", "llama_cpp.llama_cpp", "--hidden-import", "zstandard",
-            "--copy-metadata", "llama_cpp_python",
-        ]  # fmt: skip
-        for name in EXCLUDES:
-            cmd += ["--exclude-module", name]
+        libs = [lib / name for name in LLAMA_LIBS if (lib / name).exists()]
+        cmd = [sys.executable, "-m", "PyInstaller",
+               *pyinstaller_args(root, libs, backend_modules(variants), tmp, onedir=onedir)]  # fmt: skip
         if sys.platform != "win32":
-            cmd.append("--strip")
-        if (root / "templates").is_dir() and any((root / "templates").iterdir()):
-            cmd += ["--add-data", f"{root / 'templates'}{sep}templates"]
-        for name in LLAMA_LIBS:  # by the sonames libllama links to; the other copies are dead weight
-            if (lib / name).exists():
-                cmd += ["--add-binary", f"{lib / name}{sep}llama_cpp/lib"]
-        for so in backend_modules(variants):
-            cmd += ["--add-binary", f"{so}{sep}ggml_backends"]
-        cmd.append(str(root / "runtime" / "__main__.py"))
+            cmd.insert(-1, "--strip")
         env = dict(os.environ, PYTHONHASHSEED="0")
         env.setdefault("SOURCE_DATE_EPOCH", "315532800")
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
-        built = tmp / "dist" / STUB_NAME
+        # PyInstaller names a Windows onefile build "<name>.exe"; a one-folder build is a folder
+        built = tmp / "dist" / (STUB_NAME if onedir or sys.platform != "win32" else STUB_NAME + ".exe")
         if proc.returncode != 0 or not built.exists():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
             raise StubError(f"PyInstaller failed to build the runtime stub:\n{tail}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + ".part")
-        if onedir:
-            native.assemble(built, tmp, part)
-        else:
-            shutil.copyfile(built, part)
-            os.chmod(part, 0o755)
-        os.replace(part, target)
+        install(built, tmp, target, onedir)
     size = target.stat().st_size / 2**20
     log(f"Runtime stub built in {time.monotonic() - start:.0f} s: {target} ({size:.1f} MiB)")
+
+
+def install(built: Path, tmp: Path, target: Path, onedir: bool, target_os: str | None = None) -> None:
+    """Put PyInstaller's output (a one-folder build behind our launcher, or a onefile
+    executable) at ``target``, through a temporary file renamed into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    if onedir:
+        native.assemble(built, tmp, part, **({"target_os": target_os} if target_os else {}))
+    else:
+        shutil.copyfile(built, part)
+        os.chmod(part, 0o755)
+    os.replace(part, target)
 
 
 def executable_kind(path: Path) -> dict:

@@ -72,8 +72,11 @@ def backend_dirs() -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def _loaded_ggml_path() -> str:
-    """The libggml that libllama links to, as the dynamic linker loaded it."""
+def _loaded_ggml_path(name: str = "ggml.dll") -> str:
+    """The libggml that libllama links to, as the dynamic linker loaded it (on Windows,
+    the loaded module called ``name``: the frozen runtime may hold a second copy)."""
+    if sys.platform == "win32":
+        return _windows_module_path(name)
     if sys.platform.startswith("linux"):
         try:
             with open("/proc/self/maps") as maps:
@@ -90,11 +93,27 @@ def _loaded_ggml_path() -> str:
     raise ModelError("the runtime's libggml is missing; the executable is damaged")
 
 
+def _windows_module_path(name: str) -> str:
+    k32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    k32.GetModuleHandleW.restype, k32.GetModuleHandleW.argtypes = ctypes.c_void_p, [ctypes.c_wchar_p]
+    k32.GetModuleFileNameW.argtypes = [ctypes.c_void_p, ctypes.c_wchar_p, ctypes.c_uint32]
+    handle = k32.GetModuleHandleW(name)
+    buf = ctypes.create_unicode_buffer(32768)
+    if not handle or not k32.GetModuleFileNameW(handle, buf, len(buf)):
+        raise ModelError(f"the runtime's {name} is not loaded; the executable is damaged")
+    return buf.value
+
+
 def ggml():
-    """ctypes handle on libllama's own libggml, with the registry functions typed."""
+    """ctypes handle on libllama's own libggml, with the registry functions typed.
+
+    On Windows ggml's backend API is split between ggml.dll (the registry: device
+    count, loading) and ggml-base.dll (each device's own functions), and GetProcAddress
+    does not search a DLL's dependencies the way dlsym does: each is looked up in both."""
     if "ggml" not in _state:
         bindings()  # loads libllama, and with it libggml
         lib = ctypes.CDLL(_loaded_ggml_path())
+        owners = [lib, ctypes.CDLL(_loaded_ggml_path("ggml-base.dll"))] if sys.platform == "win32" else [lib]
         vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
         for name, res, args in [
             ("ggml_backend_load_all_from_path", None, [cp]),
@@ -108,8 +127,9 @@ def ggml():
             ("ggml_backend_reg_name", cp, [vp]),
             ("ggml_backend_reg_get_proc_address", vp, [vp, cp]),
         ]:
-            fn = getattr(lib, name)
+            fn = next(getattr(o, name) for o in owners if hasattr(o, name))
             fn.restype, fn.argtypes = res, args
+            setattr(lib, name, fn)
         _state["ggml"] = lib
     return _state["ggml"]
 
@@ -216,6 +236,6 @@ def loaded_cpu_variant() -> str | None:
     for line in _log_lines:
         if "loaded CPU backend from" in line:
             name = os.path.basename(line.strip().split(" from ", 1)[1])
-            stem = name.split(".")[0]
-            return stem[len("libggml-cpu-") :] if stem.startswith("libggml-cpu-") else stem
+            stem = name.split(".")[0].removeprefix("lib")  # libggml-cpu-haswell.so, ggml-cpu-zen4.dll
+            return stem.removeprefix("ggml-cpu-")
     return None

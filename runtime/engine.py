@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import ctypes.util
 import os
 import time
 from collections.abc import Iterator
@@ -65,16 +64,44 @@ def make_sampler(C, n_vocab: int, s: Sampling):
     return chain
 
 
-def _libc():
-    if "libc" not in _cache:
-        # POSIX: the C library is already in the process (find_library would run ldconfig)
-        lib = ctypes.CDLL(None if os.name == "posix" else ctypes.util.find_library("c"), use_errno=True)
-        lib.fopen.restype, lib.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
-        lib.fclose.argtypes = [ctypes.c_void_p]
-        seek = getattr(lib, "fseeko", None) or lib.fseek
-        seek.restype, seek.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-        _cache["libc"], _cache["fseek"] = lib, seek
-    return _cache["libc"], _cache["fseek"]
+def _crt():
+    """(fopen(path), fseek64, fclose) of the C runtime whose ``FILE*`` llama.cpp can read.
+
+    The FILE handed to ``llama_model_load_from_file_ptr`` must come from the C runtime
+    that libllama itself links: a FILE of another C runtime is a different struct.
+    On POSIX that is the one libc already in the process. On Windows it is msvcrt
+    for a mingw-built llama.dll and ucrtbase for an MSVC build, whose ``fseek``
+    takes a 32-bit long: ``_fseeki64`` reaches models past 2 GiB, and ``_wfopen``
+    opens paths outside the ANSI code page."""
+    if "crt" not in _cache:
+        vp = ctypes.c_void_p
+        if os.name == "posix":
+            lib = ctypes.CDLL(None, use_errno=True)  # find_library would run ldconfig
+            lib.fopen.restype, lib.fopen.argtypes = vp, [ctypes.c_char_p, ctypes.c_char_p]
+            seek = getattr(lib, "fseeko", None) or lib.fseek
+
+            def fopen(path: str):
+                return lib.fopen(os.fsencode(path), b"rb")
+        else:
+            lib = ctypes.CDLL(windows_crt(backend.bindings()._lib._name), use_errno=True)
+            lib._wfopen.restype, lib._wfopen.argtypes = vp, [ctypes.c_wchar_p, ctypes.c_wchar_p]
+            seek = lib._fseeki64
+
+            def fopen(path: str):
+                return lib._wfopen(path, "rb")
+
+        lib.fclose.argtypes = [vp]
+        seek.restype, seek.argtypes = ctypes.c_int, [vp, ctypes.c_int64, ctypes.c_int]
+        _cache["crt"] = fopen, seek, lib.fclose
+    return _cache["crt"]
+
+
+def windows_crt(dll: str) -> str:
+    """The C runtime a Windows DLL imports its stdio from: "ucrtbase" (MSVC, through
+    the api-ms-win-crt-* forwarders) or "msvcrt" (mingw-w64's default)."""
+    with open(dll, "rb") as f:
+        data = f.read().lower()
+    return "ucrtbase" if b"api-ms-win-crt-stdio" in data or b"ucrtbase.dll" in data else "msvcrt"
 
 
 _cache: dict = {}
@@ -101,7 +128,7 @@ class Model:
             self.ptr = self._load_at(paths[0], offset, params)
         if not self.ptr:
             if self._fp:
-                _libc()[0].fclose(self._fp)
+                _crt()[2](self._fp)
             self._fp = None
             detail = backend.recent_logs().splitlines()[-1:] or ["unknown error"]
             raise ModelError(f"llama.cpp could not load the model: {detail[0]}")
@@ -110,8 +137,8 @@ class Model:
         self.n_ctx_train = C.llama_model_n_ctx_train(self.ptr)
 
     def _load_at(self, path: str, offset: int, params):
-        libc, fseek = _libc()
-        self._fp = libc.fopen(os.fsencode(path), b"rb")
+        fopen, fseek, _ = _crt()
+        self._fp = fopen(path)
         if not self._fp:
             raise ModelError(f"cannot open {path}: {os.strerror(ctypes.get_errno())}")
         if fseek(self._fp, offset, os.SEEK_SET) != 0:
@@ -123,7 +150,7 @@ class Model:
             self.C.llama_model_free(self.ptr)
             self.ptr = None
         if getattr(self, "_fp", None):
-            _libc()[0].fclose(self._fp)
+            _crt()[2](self._fp)
             self._fp = None
 
     def meta(self, key: str) -> str | None:

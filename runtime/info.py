@@ -22,7 +22,7 @@ def collect(bundle, settings: dict, verbose: bool = False) -> dict:
         "note": note,
     }
     return {
-        "runtime": {"llamabundle": __version__, "python": sys.version.split()[0]},
+        "runtime": {"llamabundle": __version__, "python": sys.version.split()[0], "os": _os_name()},
         "bundle": {"path": bundle.path, "size": bundle.file_size, "payload_start": bundle.payload_start},
         "manifest": bundle.manifest,
         "hardware": hw,
@@ -99,3 +99,8 @@ def _gpu_text(cuda: dict) -> str:
     if cuda.get("present"):
         return f"driver {cuda['driver_version']}, " + ", ".join(cuda["devices"])
     return cuda.get("error", "no driver")
+
+
+def _os_name() -> str:
+    """The OS this runtime runs on, named as ``llamabundle build --os`` names it."""
+    return {"win32": "windows", "darwin": "macos"}.get(sys.platform, sys.platform)

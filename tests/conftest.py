@@ -8,6 +8,7 @@ into a session temporary directory, and one bundle of stories260K fused from it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT.parent / "shared" / "models" / "stories260K.gguf"
 PROMPT = "Once upon a time"
+# The toolchain cache (install.sh's wheel, the Windows CPython, the mingw-built DLLs) is
+# keyed on what each piece is built from, so every test run shares it, as CI runs do.
+TOOLCHAIN = os.environ.get("LLAMABUNDLE_TOOLCHAIN_CACHE") or str(
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llamabundle" / "toolchain"
+)
+os.environ["LLAMABUNDLE_TOOLCHAIN_CACHE"] = TOOLCHAIN
+KEEP_ENV = ("LLAMABUNDLE_CACHE", "LLAMABUNDLE_TOOLCHAIN_CACHE", "LLAMABUNDLE_WINDOWS_CPU_VARIANTS")
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +36,7 @@ def isolated_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     for name in list(os.environ):
-        if name.startswith("LLAMABUNDLE_") and name != "LLAMABUNDLE_CACHE":
+        if name.startswith("LLAMABUNDLE_") and name not in KEEP_ENV:
             monkeypatch.delenv(name)
     return cache
 
@@ -41,22 +49,40 @@ def model() -> Path:
 
 
 @pytest.fixture(scope="session")
-def stub(tmp_path_factory) -> Path:
-    """The real PyInstaller runtime stub, built once per test session."""
+def stub_cache(tmp_path_factory) -> Path:
+    # A developer may keep stubs between runs (the cache is keyed by content, so it is safe);
+    # CI leaves this unset and builds the stubs from this checkout every run.
+    return Path(os.environ.get("LLAMABUNDLE_TEST_STUB_CACHE") or tmp_path_factory.mktemp("stub-cache"))
+
+
+def _stub_for(target_os: str, cache: Path) -> Path:
     from bundler import stub as stubmod
 
-    # A developer may keep stubs between runs (the cache is keyed by content, so it is safe);
-    # CI leaves this unset and builds the stub from this checkout every run.
-    cache = os.environ.get("LLAMABUNDLE_TEST_STUB_CACHE") or tmp_path_factory.mktemp("stub-cache")
     old = os.environ.get("LLAMABUNDLE_CACHE")
     os.environ["LLAMABUNDLE_CACHE"] = str(cache)
     try:
-        return stubmod.cached_stub(log=lambda m: print(m, file=sys.stderr))
+        return stubmod.stub_for(target_os, log=lambda m: print(m, file=sys.stderr))
     finally:
         if old is None:
             os.environ.pop("LLAMABUNDLE_CACHE", None)
         else:
             os.environ["LLAMABUNDLE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def stub(stub_cache) -> Path:
+    """The real runtime stub for this machine, built once per test session."""
+    from bundler.stub import host_os
+
+    return _stub_for(host_os(), stub_cache)
+
+
+@pytest.fixture(scope="session")
+def windows_stub(stub_cache) -> Path:
+    """The real Windows runtime stub, built on this Linux host (under Wine, with mingw)."""
+    if not shutil.which("wine") or not shutil.which("x86_64-w64-mingw32-gcc-posix"):
+        pytest.skip("Wine or mingw-w64 is not installed: run ./install.sh")
+    return _stub_for("windows", stub_cache)
 
 
 @pytest.fixture(scope="session")
@@ -103,10 +129,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 class Served:
     """A built executable running as a server (`--server --port 0`)."""
 
-    def __init__(self, exe: Path, *args: str, env=None):
+    def __init__(self, exe: Path, *args: str, env=None, prefix: tuple = ()):
+        """``prefix``: what runs the executable (("wine",) for a Windows one)."""
         self.proc = subprocess.Popen(
-            [str(exe), "--server", "--port", "0", *args], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+            [*prefix, str(exe), "--server", "--port", "0", *args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
         )  # fmt: skip
         line = self.proc.stdout.readline()
         if " at http://" not in line:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 
@@ -110,3 +111,41 @@ def test_a_macos_stub_fused_here_says_how_to_re_sign(work, model):
     assert "note: chat is a macOS executable" in proc.stderr and "codesign -s - -f chat" in proc.stderr
     info = json.loads(run_cli(["inspect", str(work / "chat"), "--json"]).stdout)
     assert info["stub"]["os"] == "macos" and info["stub"]["arch"] == "arm64"
+
+
+# -- the target OS ------------------------------------------------------------------------
+def test_a_dot_exe_output_with_a_linux_runtime_is_refused(work, dummy_stub, model):
+    proc = _build(model, work / "chat.exe", dummy_stub)
+    assert_one_line_error(proc, "is a linux runtime stub", "asks for windows", "--os")
+    _assert_nothing_written(work)
+
+
+def test_os_windows_with_a_linux_runtime_is_refused(work, dummy_stub, model):
+    proc = run_cli(["build", str(model), "-o", str(work / "chat"), "--os", "windows", "--runtime",
+                    str(dummy_stub)])  # fmt: skip
+    assert_one_line_error(proc, "--os windows", "llamabundle stub --os windows")
+    _assert_nothing_written(work)
+
+
+def test_a_macos_runtime_cannot_be_built_here(work, model):
+    proc = run_cli(["build", str(model), "-o", str(work / "chat"), "--os", "macos"])
+    assert_one_line_error(proc, "macos runtime cannot be built on linux", "--runtime")
+    _assert_nothing_written(work)
+
+
+@pytest.mark.parametrize(
+    ("tool", "package"), [("wine", "wine"), ("x86_64-w64-mingw32-gcc-posix", "gcc-mingw-w64-x86-64-posix")]
+)
+def test_a_missing_windows_tool_names_its_debian_package(work, model, tmp_path, tool, package):
+    """A PATH holding every host tool but one: the build says which package brings it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    from bundler.windows.toolchain import TOOLS
+
+    for command, _ in TOOLS.values():
+        if command != tool and shutil.which(command):
+            (bin_dir / command).symlink_to(shutil.which(command))
+    env = {**os.environ, "PATH": str(bin_dir)}
+    proc = run_cli(["build", str(model), "-o", str(work / "chat.exe")], env=env)
+    assert_one_line_error(proc, f"apt-get install {package}")
+    _assert_nothing_written(work)
