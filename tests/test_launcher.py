@@ -1,4 +1,4 @@
-"""The native launcher (runtime/launcher.c): it unpacks the runtime once into a
+"""The native launcher (runtime/launcher/, POSIX part): it unpacks the runtime once into a
 content-addressed cache, safely under concurrent first starts, and execs it."""
 
 from __future__ import annotations

@@ -124,12 +124,12 @@ def served_exe(tales_exe, tmp_path_factory):
 def test_server_answers_the_openai_client(served_exe, tales_exe, bundle):
     client = openai.OpenAI(base_url=served_exe.url + "/v1", api_key="unused", max_retries=0, timeout=120)
     assert [m.id for m in client.models.list().data] == ["stories260K"]
-    chat = client.chat.completions.create(model="stories260K", messages=[{"role": "user", "content": PROMPT}],
-                                          max_tokens=16, temperature=0)  # fmt: skip
+    ask = {"model": "stories260K", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16,
+           "temperature": 0}  # fmt: skip
+    chat = client.chat.completions.create(**ask)
     text = chat.choices[0].message.content
     assert text and chat.usage.completion_tokens > 0
-    streamed = client.chat.completions.create(model="stories260K", messages=[{"role": "user", "content": PROMPT}],
-                                              max_tokens=16, temperature=0, stream=True)  # fmt: skip
+    streamed = client.chat.completions.create(**ask, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
     done = client.completions.create(model="stories260K", prompt=PROMPT, max_tokens=16, temperature=0)
     assert greedy(bundle, 16, runner=run_exe).startswith(done.choices[0].text.rstrip("\n"))

@@ -24,7 +24,7 @@ STUB_FILE = host_stub.STUB_NAME + ".exe"
 BUILD_FILES = ("bundler/windows/stub.py", "bundler/windows/python.py", "bundler/windows/llama.py",
                "bundler/windows/toolchain.py")  # fmt: skip
 # Seconds each step took cold on 2 cores (see README), for the estimate shown.
-STEP_SECONDS = {"Windows CPython and wheels": 150, "llama.cpp DLLs (mingw-w64)": 1500, "PyInstaller": 120}
+STEP_SECONDS = {"Windows CPython and wheels": 70, "llama.cpp DLLs (mingw-w64)": 480, "PyInstaller": 70}
 ONEFILE_ENV = "LLAMABUNDLE_WINDOWS_ONEFILE"  # "1": PyInstaller's onefile stub (to measure against)
 
 
@@ -79,15 +79,17 @@ def _cached(step: str, interp: Path, dlls: Path) -> bool:
 def freeze(interp: Path, dlls: Path, target: Path) -> None:
     root = host_stub.project_root()
     lib = dlls / "lib"
-    libs = [lib / n for n in llama.LIBS]
     backends = sorted(lib.glob("ggml-cpu-*.dll"))
-    mingw = [lib / n for n in llama.MINGW_DLLS]
+    # llama.dll where the bindings look for it; what it and the CPU variants link (ggml,
+    # mingw's runtime) in the top folder, on the DLL search path, once: PyInstaller
+    # would otherwise put a second copy there of what it finds llama.dll needs.
+    top = [lib / n for n in (*llama.LIBS, *llama.MINGW_DLLS) if n != "llama.dll"]
     wine = python.wine_prefix()
     wine.ensure()
     with tempfile.TemporaryDirectory(prefix="llamabundle-winstub-") as tmp:
         tmp = Path(tmp)
-        args = host_stub.pyinstaller_args(root, libs, backends, tmp, onedir=not onefile(), sep=";",
-                                          path=Wine.path, extra_binaries=mingw)  # fmt: skip
+        args = host_stub.pyinstaller_args(root, [lib / "llama.dll"], backends, tmp, onedir=not onefile(),
+                                          sep=";", path=Wine.path, extra_binaries=top)  # fmt: skip
         # The embeddable CPython ignores PYTHONPATH (its ._pth file rules): put the
         # llama_cpp bindings and their dist-info on sys.path from inside.
         driver = tmp / "freeze.py"

@@ -202,8 +202,9 @@ class Steps:
     def __init__(self, log, steps: dict[str, int]):
         self.log, self.steps, self.start = log, steps, time.monotonic()
         total = sum(steps.values())
-        self.log(f"Building the Windows runtime on this machine: {len(steps)} steps, about "
-                 f"{_minutes(total)} on 2 cores the first time; each step is cached.")  # fmt: skip
+        what = f"{len(steps)} steps" if len(steps) != 1 else "1 step"
+        self.log(f"Building the Windows runtime stub on this machine ({what}, about {_minutes(total)} "
+                 "on 2 cores; each step is cached for the next time)...")  # fmt: skip
 
     @contextmanager
     def step(self, name: str, cached: bool = False):
