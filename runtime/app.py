@@ -91,9 +91,19 @@ def bundle_path() -> str:
     raise UsageError(f"no bundle to run: run a built executable, or set {BUNDLE_ENV}=PATH")
 
 
+def _utf8_streams() -> None:
+    """Text in and out is UTF-8 everywhere. On Windows a pipe or file gets the ANSI code
+    page (cp1252) by default, which cannot hold most of what a model writes: printing
+    one such character would end the run (a console is UTF-16 already, and stays so)."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        if stream is not None and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            stream.reconfigure(encoding="utf-8", errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = os.path.basename(sys.argv[0]) or "llamabundle"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    _utf8_streams()
     try:
         args = build_parser(prog).parse_args(argv)
         return run(args, prog)

@@ -253,3 +253,16 @@ def test_windows_cpython_with_one_changed_byte_is_refused(windows_stub, tmp_path
     with pytest.raises(StubError, match="python312.dll fails its Authenticode check"):
         python.check_signatures(tmp_path / "py")
     python.check_signatures(python.location())  # the cached one passes
+
+
+def test_a_bundle_named_outside_the_ansi_code_page(tales_exe, tmp_path):
+    """The model is opened by a wide-character path (_wfopen) and the path printed as
+    UTF-8 through a pipe, where Windows' default would be cp1252."""
+    folder = tmp_path / "故事 ✓"
+    folder.mkdir()
+    exe = folder / "故事.exe"
+    shutil.copyfile(tales_exe, exe)
+    assert greedy(exe, 16) == greedy(tales_exe, 16)
+    proc = wine(exe, "--info")
+    assert proc.returncode == 0, proc.stderr
+    assert "故事 ✓\\故事.exe" in proc.stdout
