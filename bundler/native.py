@@ -41,7 +41,8 @@ ZSTD_DECODER = "decoder.c"
 
 
 def supported() -> bool:
-    """Whether this platform builds native launcher stubs (Windows keeps PyInstaller's)."""
+    """Whether this host builds native launcher stubs for itself (a Windows host keeps PyInstaller's
+    onefile; Windows stubs with the native launcher are cross-built from Linux, bundler/windows/)."""
     return sys.platform.startswith("linux") or sys.platform == "darwin"
 
 
