@@ -13,10 +13,9 @@ from pathlib import Path
 import click
 
 import runtime
-from runtime import payload
-from runtime.errors import PayloadError
+from runtime.bundle import payload
 
-from .errors import BundlerError, InputError, OutputError
+from .errors import Failure, InputError, OutputError
 
 DEFAULT_LEVEL = 9
 OSES = ("windows", "linux", "macos")  # bundler.stub.OSES, without importing it (and PyInstaller) early
@@ -36,7 +35,8 @@ def _progress(total: int, label: str):
         yield bar.update
 
 
-def _fail(e: BundlerError):
+def _fail(e: Failure):
+    """The one place an error of ours becomes click's (same message, same exit code)."""
     err = click.ClickException(str(e))
     err.exit_code = e.exit_code
     return err
@@ -135,7 +135,7 @@ def build(model: Path, output: Path | None, target_os: str | None, runtime_stub:
 
     try:
         target_os = _target_os(target_os, output, runtime_stub)
-    except BundlerError as e:
+    except Failure as e:
         raise _fail(e) from None
     if output is None:
         output = Path("dist") / (model.stem + (".exe" if target_os == "windows" else ""))
@@ -173,7 +173,7 @@ def build(model: Path, output: Path | None, target_os: str | None, runtime_stub:
         finally:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
-    except BundlerError as e:
+    except Failure as e:
         raise _fail(e) from None
     finally:
         if model_hash:
@@ -249,7 +249,7 @@ def quantize_cmd(src: Path, dst: Path, qtype: str):
         tensors = gguf_info.describe(str(src))["gguf"]["tensor_count"]
         with _progress(tensors, f"Quantizing to {qtype.upper()}") as update:
             quantize.quantize(src, dst, qtype, _tensor_progress(update))
-    except BundlerError as e:
+    except Failure as e:
         raise _fail(e) from None
     click.echo(f"Wrote {dst} ({_human(dst.stat().st_size)}, {qtype.upper()})")
 
@@ -271,7 +271,7 @@ def inspect_cmd(path: Path, as_json: bool):
         size = path.stat().st_size if path.exists() else 0
         with _progress(size, "Hashing") as update:
             info = report.inspect(path, update)
-    except BundlerError as e:
+    except Failure as e:
         raise _fail(e) from None
     click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else report.render(info))
 
@@ -286,14 +286,14 @@ def verify_cmd(bundle: Path):
       llamabundle verify dist/tales
       ./tales --verify          # the same check, by the bundle itself
     """
-    from runtime import verify
+    from runtime.bundle import verify
 
     try:
         b = payload.read_bundle(str(bundle))
         with _progress(verify.total_bytes(b), f"Verifying {bundle.name}") as update:
             checked = verify.verify(b, update or (lambda n: None))
-    except PayloadError as e:
-        raise _fail(InputError(str(e))) from None
+    except Failure as e:  # a damaged bundle exits 3, as the bundle's own --verify does
+        raise _fail(e) from None
     except OSError as e:
         raise _fail(InputError(f"cannot read {bundle}: {e.strerror}")) from None
     click.echo("\n".join(checked))
@@ -322,7 +322,7 @@ def stub_cmd(target_os: str | None, rebuild: bool):
     try:
         path = stub.stub_for(target_os or stub.host_os(), rebuild=rebuild,
                              log=lambda m: click.echo(m, err=True))  # fmt: skip
-    except BundlerError as e:
+    except Failure as e:
         raise _fail(e) from None
     click.echo(str(path))
 

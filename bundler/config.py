@@ -14,16 +14,13 @@ from runtime.errors import UsageError
 from runtime.settings import check
 
 from .errors import InputError
+from .inputs import open_input
 
 
 def load_toml(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
+        with open_input(path, "config file") as f:
             data = tomllib.load(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such config file") from None
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path} is not valid TOML: {e}") from None
     out = {}
@@ -54,7 +51,7 @@ def baked_settings(config: Path | None, flags: dict) -> dict:
 
 def chat_template(value: str, where: str) -> str:
     """A chat template file's text, or a chat format name llama.cpp knows."""
-    from runtime.chat import named_formats
+    from runtime.llama.templates import named_formats
 
     names = named_formats()
     if value in names:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .errors import InputError
+from .inputs import open_input
 
 CHUNK = 8 << 20
 KERNEL_CHUNK = 64 << 20  # copy_file_range steps (progress is reported per step)
@@ -47,10 +48,7 @@ class HashingWriter:
 
 
 def _open(src: Path):
-    try:
-        return open(src, "rb")
-    except OSError as e:
-        raise InputError(f"cannot read {src}: {e.strerror}") from None
+    return open_input(src)
 
 
 def copy_hashed(src: Path, dst, length: int, digest, head=None, head_len=0, progress=None) -> str:

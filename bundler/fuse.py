@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import runtime
-from runtime import payload
+from runtime.bundle import payload
 
 from . import gguf_info
 from .copying import HashingWriter, copy_hashed, copy_model
@@ -31,7 +31,7 @@ from .stub import executable_kind
 class Result:
     path: Path
     size: int
-    build_id: str  # a content hash of stub, model and settings (runtime/payload.py)
+    build_id: str  # a content hash of stub, model and settings (runtime/bundle/payload.py)
     manifest: dict
     notes: tuple = ()
 

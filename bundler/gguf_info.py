@@ -6,6 +6,7 @@ import os
 import struct
 
 from .errors import InputError
+from .inputs import open_input
 
 GGUF_MAGIC = b"GGUF"
 # Scalar metadata worth carrying in the manifest (the runtime reads settings from it).
@@ -27,16 +28,9 @@ def describe(path: str) -> dict:
     too-new file.
     """
     name = os.path.basename(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file; check the model path") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a directory; give the path of a .gguf file") from None
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    with open_input(path, fix="check the model path", expect=".gguf file") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
     if head[:4] != GGUF_MAGIC:
         raise InputError(
             f"{name} is not a GGUF model (it does not start with 'GGUF'); convert it with "

@@ -9,7 +9,7 @@ scan would read through the whole model on every start (both the launcher and
 its child: about 2 s per 300 MB here). So the bundler writes a copy of the
 cookie next to the end of the bundle, with the archive length adjusted so that
 the archive start it points to is unchanged: the scan stops within the last
-few hundred bytes. The copy is the payload's "launcher tail" (runtime/payload.py).
+few hundred bytes. The copy is the payload's "launcher tail" (runtime/bundle/payload.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from runtime import payload
+from runtime.bundle import payload
 
 COOKIE_MAGIC = b"MEI\014\013\012\013\016"
 COOKIE = struct.Struct("!8sIIII64s")  # magic, archive length, TOC offset, TOC length, pyvers, libname

@@ -6,14 +6,13 @@ it once into a content-addressed cache and then runs it directly, so a start
 costs what Python and llama.cpp cost, not an unpack (see DEVELOPERS.md).
 
 The stub is ``[ launcher | runtime archive | stub trailer ]`` in the format
-runtime/payload.py defines; this module writes the C header that gives the
+runtime/bundle/payload.py defines; this module writes the C header that gives the
 launcher those constants, compiles it (for this host, or for Windows x86-64 with
 mingw-w64), and packs PyInstaller's one-folder build.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import os
 import re
@@ -24,13 +23,15 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from runtime import errors, payload
+import runtime
+from runtime import errors
+from runtime.bundle import digest, payload
 
 from .errors import StubError
 from .windows import toolchain
 
 # unpack.c is the part every OS shares; posix.c and win32.c hold the rest.
-LAUNCHER_DIR = Path(payload.__file__).with_name("launcher")
+LAUNCHER_DIR = Path(runtime.__file__).with_name("launcher")
 LAUNCHER_SOURCES = {"posix": ("unpack.c", "posix.c"), "windows": ("unpack.c", "win32.c")}
 ARCHIVE_LEVEL = 19
 HOST_OS = {"win32": "windows", "darwin": "macos"}.get(sys.platform, "linux")
@@ -47,7 +48,7 @@ def supported() -> bool:
 
 
 def header() -> str:
-    """launcher_format.h: runtime/payload.py's constants, for the C launcher."""
+    """launcher_format.h: runtime/bundle/payload.py's constants, for the C launcher."""
     trailer = payload.field_offsets(payload.TRAILER_FIELDS)
     stub = payload.field_offsets(payload.STUB_TRAILER_FIELDS)
     entry = payload.field_offsets(payload.ENTRY_FIELDS)
@@ -81,7 +82,7 @@ def header() -> str:
         "LB_EXIT_PAYLOAD": errors.PayloadError.exit_code,
         "LB_EXIT_RESOURCE": errors.ResourceError.exit_code,
     }
-    lines = ["/* Generated from runtime/payload.py by bundler/native.py; do not edit. */"]
+    lines = ["/* Generated from runtime/bundle/payload.py by bundler/native.py; do not edit. */"]
     lines += [f"#define {k} {v}" for k, v in defs.items()]
     return "\n".join(lines) + "\n"
 
@@ -266,12 +267,7 @@ def assemble(onedir: Path, workdir: Path, target: Path, target_os: str = HOST_OS
         offset = out.tell()
         count, size = pack(onedir, out, windows=target_os == "windows")
         out.flush()
-        with open(target, "rb") as f:
-            f.seek(offset)
-            digest = hashlib.sha256()
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        runtime_id = digest.hexdigest()[:32].encode()
+        runtime_id = digest.sha256(str(target), offset)[:32].encode()
         out.seek(offset + size)
         out.write(payload.STUB_TRAILER.pack(payload.STUB_MAGIC, payload.STUB_VERSION, count, offset,
                                             size, runtime_id))  # fmt: skip

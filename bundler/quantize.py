@@ -8,7 +8,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from runtime import backend
+from runtime.llama import backend
 
 from . import gguf_info
 from .errors import InputError, OutputError

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from runtime import payload
+from runtime.bundle import digest, payload
 from runtime.errors import PayloadError
 
 from . import gguf_info
 from .errors import InputError
+from .inputs import open_input
 
 
 def _human(n: int) -> str:
@@ -17,13 +17,8 @@ def _human(n: int) -> str:
 
 
 def inspect(path: Path, progress=None) -> dict:
-    try:
-        with open(path, "rb") as f:
-            is_bundle = payload.has_payload(f)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    with open_input(path) as f:
+        is_bundle = payload.has_payload(f)
     if is_bundle:
         try:
             b = payload.read_bundle(str(path))
@@ -36,13 +31,8 @@ def inspect(path: Path, progress=None) -> dict:
                 "stub": m["stub"], "model": model, "gguf": m["model"]["gguf"],
                 "settings": m["settings"]}  # fmt: skip
     described = gguf_info.describe(str(path))
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-            if progress:
-                progress(len(chunk))
-    return {"kind": "gguf", "path": str(path), "size": described["size"], "sha256": digest.hexdigest(),
+    sha = digest.sha256(path, progress=progress)
+    return {"kind": "gguf", "path": str(path), "size": described["size"], "sha256": sha,
             "gguf": described["gguf"]}  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from runtime.payload import MAX_FILE
+from runtime.bundle.payload import MAX_FILE
 
 from .errors import InputError, OutputError
 from .gguf_info import copy_metadata, copy_tensors

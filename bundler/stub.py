@@ -21,17 +21,19 @@ import time
 from pathlib import Path
 
 import runtime
-from runtime.payload import RUNTIME_EXE
-from runtime.source import cache_root, lock_file
+from runtime.bundle.digest import update as digest_update
+from runtime.bundle.payload import RUNTIME_EXE
+from runtime.bundle.source import cache_root, lock_file
 
 from . import native
 from .errors import InputError, StubError
+from .inputs import open_input
 
 STUB_NAME = RUNTIME_EXE
 SOURCE_DIRS = ("runtime", "templates")
 BUILD_FILES = ("bundler/stub.py", "bundler/native.py")  # how the stub is made is part of its key
 # What llama_cpp's package __init__ and its high-level API would drag in: the runtime
-# drives the C API only (runtime/backend.py), so none of it is ever imported.
+# drives the C API only (runtime/llama/backend.py), so none of it is ever imported.
 EXCLUDES = ("llama_cpp.llama", "llama_cpp.llama_chat_format", "llama_cpp.llama_grammar",
             "llama_cpp.llama_cache", "llama_cpp.llama_tokenizer", "llama_cpp.llama_speculative",
             "llama_cpp.llama_types", "llama_cpp.llava_cpp", "llama_cpp.mtmd_cpp", "llama_cpp.server",
@@ -74,8 +76,7 @@ def backend_modules(d: Path) -> list[Path]:
 def _sha256_file(path: Path, digest=None):
     digest = digest or hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+        digest_update(digest, f)
     return digest
 
 
@@ -205,13 +206,8 @@ def install(built: Path, tmp: Path, target: Path, onedir: bool, target_os: str |
 
 def executable_kind(path: Path) -> dict:
     """OS, architecture and format of an executable, read from its header."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such runtime stub; check the --runtime path") from None
-    except OSError as e:
-        raise InputError(f"cannot read runtime stub {path}: {e.strerror}") from None
+    with open_input(path, "runtime stub", "check the --runtime path") as f:
+        head = f.read(4096)
     if head[:4] == b"\x7fELF":
         endian = "little" if head[5] == 1 else "big"
         machine = int.from_bytes(head[18:20], endian)

@@ -11,6 +11,7 @@ variables and the bundler's baked values are all checked against it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -95,10 +96,37 @@ def check(values: dict, where: str) -> dict:
     return out
 
 
+class Settings(Mapping):
+    """The effective settings: ``s["temp"]`` is a value, ``s.source("temp")`` the layer it
+    came from ("default", "model", "baked", "env" or "flag")."""
+
+    def __init__(self, entries: dict[str, tuple[object, str]]):
+        self._entries = dict(entries)
+
+    def __getitem__(self, key: str):
+        return self._entries[key][0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def source(self, key: str) -> str:
+        return self._entries[key][1]
+
+    def given(self, key: str) -> bool:
+        """Whether the user chose this value (anything but llamabundle's default)."""
+        return self.source(key) != "default"
+
+    def __repr__(self) -> str:
+        return f"Settings({self._entries!r})"
+
+
 def resolve(
     flags: dict, *, baked: dict | None = None, model_meta: dict | None = None, environ=None
-) -> dict[str, tuple[object, str]]:
-    """Effective settings as {key: (value, layer)}; ``flags`` holds only flags the user gave."""
+) -> Settings:
+    """Effective settings; ``flags`` holds only flags the user gave."""
     environ = os.environ if environ is None else environ
     model_meta = model_meta or {}
     layers = {
@@ -122,4 +150,4 @@ def resolve(
                 continue  # baked/model values for settings this runtime does not know
             label = env_name(key) if layer == "env" else where[layer]
             out[key] = (SETTINGS[key].parse(key, raw, label), layer)
-    return out
+    return Settings(out)

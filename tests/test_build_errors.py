@@ -157,7 +157,7 @@ def test_no_network_for_the_windows_pieces_is_one_line(work, tmp_path):
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "LLAMABUNDLE_TOOLCHAIN_CACHE": str(cache)}
     proc = run_cli(["stub", "--os", "windows"], env=env)
     assert_one_line_error(proc, "cannot download", "no network?")
-    assert proc.returncode == 4
+    assert proc.returncode == 7
     assert [p.relative_to(cache).as_posix() for p in cache.rglob("*")] == ["downloads"]
 
 

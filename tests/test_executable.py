@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROMPT, assert_one_line_error, run_exe
-from runtime import payload
+from runtime.bundle import payload
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROMPT, ROOT, assert_one_line_error, run_cli, run_exe
-from runtime import payload
+from runtime.bundle import payload
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ import pytest
 from bundler import fuse, gguf_info
 from bundler.errors import InputError
 from conftest import PROMPT
-from runtime import payload, verify
+from runtime.bundle import payload, verify
 from runtime.errors import PayloadError
 
 SEED = 20261121

@@ -6,10 +6,14 @@ import http.client
 import json
 import threading
 
+import pytest
+
 from bundler import fuse
-from runtime import payload, routes, server
+from runtime.bundle import payload
+from runtime.server import httpd as server
+from runtime.server import routes
+from runtime.server.worker import Worker
 from runtime.settings import resolve
-from runtime.worker import Worker
 
 
 def _get(port, method, path, body=None):
@@ -21,6 +25,7 @@ def _get(port, method, path, body=None):
     return r.status, data
 
 
+@pytest.mark.e2e  # loads stories260K into llama.cpp
 def test_health_reports_loading_then_ready(dummy_stub, model, tmp_path):
     path = fuse.fuse(dummy_stub, model, tmp_path / "tales").path
     bundle = payload.read_bundle(str(path))

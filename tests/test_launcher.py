@@ -10,8 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import PROMPT, assert_one_line_error, run_exe
-from runtime import payload
+from runtime.bundle import payload
 
 
 def stub_trailer(path: Path, end: int | None = None) -> dict:
@@ -33,6 +35,7 @@ def complete(exe: Path, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.e2e  # the real stub (a ~90 s build) and a bundle fused from it
 def test_the_stub_carries_a_native_launcher_and_a_packed_runtime(stub, bundle):
     t = stub_trailer(stub)
     assert t["magic"] == payload.STUB_MAGIC and t["version"] == payload.STUB_VERSION
@@ -43,6 +46,7 @@ def test_the_stub_carries_a_native_launcher_and_a_packed_runtime(stub, bundle):
     assert stub.stat().st_size < 30 * 2**20
 
 
+@pytest.mark.e2e
 def test_first_start_unpacks_once_later_starts_reuse_it(bundle, isolated_caches):
     first = complete(bundle)
     dirs = runtime_dirs(isolated_caches)
@@ -57,6 +61,7 @@ def test_first_start_unpacks_once_later_starts_reuse_it(bundle, isolated_caches)
     assert not [p for p in dirs[0].parent.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.e2e
 def test_concurrent_first_starts_share_one_unpacked_runtime(bundle, isolated_caches):
     procs = [subprocess.Popen([str(bundle), "-p", PROMPT, "-n", "12", "--temp", "0"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]  # fmt: skip
@@ -68,6 +73,7 @@ def test_concurrent_first_starts_share_one_unpacked_runtime(bundle, isolated_cac
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.e2e
 def test_leftovers_of_a_killed_first_start_are_removed(bundle, isolated_caches):
     root = isolated_caches / "llamabundle" / "runtime"
     gone = subprocess.Popen(["true"])
@@ -91,6 +97,7 @@ def _old_runtime(root: Path, name: str, days: float, exe: bytes = b"") -> Path:
     return d
 
 
+@pytest.mark.e2e
 def test_a_new_runtime_removes_old_ones_nobody_started_for_a_month(bundle, isolated_caches):
     root = isolated_caches / "llamabundle" / "runtime"
     keep = payload.RUNTIME_KEEP_DAYS
@@ -114,6 +121,7 @@ def test_a_new_runtime_removes_old_ones_nobody_started_for_a_month(bundle, isola
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.e2e
 def test_a_start_marks_its_runtime_used_at_most_once_a_day(bundle, isolated_caches):
     complete(bundle)
     (ours,) = runtime_dirs(isolated_caches)
@@ -128,6 +136,7 @@ def test_a_start_marks_its_runtime_used_at_most_once_a_day(bundle, isolated_cach
     assert ours.stat().st_mtime == yesterday_and_less  # within a day: no write
 
 
+@pytest.mark.e2e
 def test_an_unwritable_cache_unpacks_for_this_run_only(bundle, tmp_path, isolated_caches):
     if os.geteuid() == 0:
         cache = Path("/proc/version/llamabundle")  # even root cannot create anything here
@@ -141,6 +150,7 @@ def test_an_unwritable_cache_unpacks_for_this_run_only(bundle, tmp_path, isolate
     assert list(tmpdir.iterdir()) == []  # the private copy is gone
 
 
+@pytest.mark.e2e
 def test_the_runtime_gets_the_bundle_path_not_the_variable(bundle):
     """LLAMABUNDLE_EXE tells the runtime which file it was started from and is not
     passed on: a stale value in the environment changes nothing."""
@@ -149,6 +159,7 @@ def test_the_runtime_gets_the_bundle_path_not_the_variable(bundle):
     assert str(bundle) in proc.stdout
 
 
+@pytest.mark.e2e
 def test_a_damaged_runtime_archive_is_one_line(bundle, tmp_path):
     data = bytearray(bundle.read_bytes())
     t = stub_trailer(bundle, payload.read_bundle(str(bundle)).payload_start)
@@ -163,6 +174,7 @@ def test_a_damaged_runtime_archive_is_one_line(bundle, tmp_path):
     assert runtime_dirs(Path(os.environ["LLAMABUNDLE_CACHE"]).parent) == []
 
 
+@pytest.mark.e2e
 def test_a_bundle_without_its_runtime_is_one_line(bundle, tmp_path):
     cut = tmp_path / "cut"
     cut.write_bytes(bundle.read_bytes()[:300_000])

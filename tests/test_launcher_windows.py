@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error
-from runtime import payload
+from runtime.bundle import payload
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROMPT, run_exe
-from runtime import payload
+from runtime.bundle import payload
 
 pytestmark = pytest.mark.e2e
 

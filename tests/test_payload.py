@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 from bundler import fuse
-from runtime import payload
+from runtime.bundle import payload
 from runtime.errors import PayloadError
 
 

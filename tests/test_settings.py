@@ -11,11 +11,11 @@ def test_each_layer_beats_the_one_below():
     baked = {"temp": 0.4, "top_p": 0.5, "seed": 3}
     env = {"LLAMABUNDLE_TEMP": "0.3", "LLAMABUNDLE_SEED": "4"}
     got = resolve({"temp": 0.2}, baked=baked, model_meta=meta, environ=env)
-    assert got["temp"] == (0.2, "flag")
-    assert got["seed"] == (4, "env")
-    assert got["top_p"] == (0.5, "baked")
-    assert got["top_k"] == (7, "model")
-    assert got["min_p"] == (SETTINGS["min_p"].default, "default")
+    assert (got["temp"], got.source("temp")) == (0.2, "flag")
+    assert (got["seed"], got.source("seed")) == (4, "env")
+    assert (got["top_p"], got.source("top_p")) == (0.5, "baked")
+    assert (got["top_k"], got.source("top_k")) == (7, "model")
+    assert (got["min_p"], got.source("min_p")) == (SETTINGS["min_p"].default, "default")
 
 
 def test_bad_environment_value_names_the_variable():
@@ -40,7 +40,7 @@ def test_integer_settings_refuse_fractions():
 
 def test_context_plan_shrinks_to_fit_and_refuses_when_nothing_fits():
     from runtime.errors import ResourceError
-    from runtime.memory import OVERHEAD, kv_cache_bytes, plan_context
+    from runtime.llama.memory import OVERHEAD, kv_cache_bytes, plan_context
 
     gguf = {"context_length": 8192,
             "shape": {"block_count": 32, "head_count": 32, "head_count_kv": 8, "embedding_length": 4096}}

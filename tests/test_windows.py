@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from conftest import PROMPT, TOOLCHAIN, Served, assert_one_line_error, run_cli, run_exe
-from runtime import payload
+from runtime.bundle import payload
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runtime.source import cache_root, lock_file
+from runtime.bundle.source import cache_root, lock_file
 
 from .. import stub as host_stub
 from ..errors import StubError

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from runtime.source import lock_file
+from runtime.bundle.source import lock_file
 
 from ..errors import StubError
 

@@ -2,7 +2,7 @@
  * and macOS, win32.c for Windows) give each other.
  *
  * The stub is [ launcher | runtime archive (one zstd frame of entries) | stub trailer ];
- * runtime/payload.py defines that format and bundler/native.py writes its constants
+ * runtime/bundle/payload.py defines that format and bundler/native.py writes its constants
  * into launcher_format.h, so no number here repeats one of Python's.
  */
 #ifndef LB_LAUNCHER_H

@@ -107,7 +107,7 @@ static int self_path(char *out, size_t n) {
 #endif
 }
 
-/* The cache root, as runtime/source.py's cache_root() finds it. */
+/* The cache root, as runtime/bundle/source.py's cache_root() finds it. */
 static int cache_root(int argc, char **argv, char *out, size_t n) {
     const char *v;
     for (int i = 1; i < argc; i++) {

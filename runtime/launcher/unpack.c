@@ -1,7 +1,7 @@
 /* llamabundle's native launcher: the part every OS shares.
  *
  * It reads the stub trailer, and unpacks the runtime archive (one zstd frame of
- * entries: runtime/payload.py's ENTRY, then the path, then the data) into a folder,
+ * entries: runtime/bundle/payload.py's ENTRY, then the path, then the data) into a folder,
  * through the few file operations each OS gives (posix.c, win32.c). zstd's frame
  * checksum catches a damaged archive before the runtime is ever used.
  */

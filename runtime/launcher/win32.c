@@ -207,7 +207,7 @@ static int full_path(const wchar_t *in, wchar_t *out) {
     return r > 0 && r < WPATH ? 0 : -1;
 }
 
-/* The cache root, as runtime/source.py's cache_root() finds it on Windows. */
+/* The cache root, as runtime/bundle/source.py's cache_root() finds it on Windows. */
 static int cache_root(int argc, wchar_t **argv, wchar_t *out) {
     wchar_t v[WPATH], joined[WPATH];
     const wchar_t *root = NULL, *tail = L"";

@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PayloadError, ResourceError
+from ..errors import PayloadError, ResourceError
+from ..progress import Progress
 from .payload import CACHE_ENV, Bundle, header_ok
-from .progress import Progress
 from .verify import parts_paths
 
 CHUNK = 4 << 20

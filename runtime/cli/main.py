@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 
-from . import __version__, payload
-from .errors import RuntimeFailure, UsageError
+from .. import __version__
+from ..bundle import payload
+from ..errors import Failure, UsageError
 
 BUNDLE_ENV = "LLAMABUNDLE_BUNDLE"  # run the runtime on a bundle file without freezing it
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser(prog).parse_args(argv)
         return run(args, prog)
-    except RuntimeFailure as e:
+    except Failure as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -130,14 +131,14 @@ def run(args, prog: str) -> int:
         try:
             b = payload.read_bundle(bundle_path(), check_header=False)
             what = f" ({b.model['name']}, build {b.manifest['build']['build_id']})"
-        except RuntimeFailure:
+        except Failure:
             what = ""
         print(f"{prog}{what}: llamabundle runtime {__version__}, llama-cpp-python {_llama_version()}")
         return 0
     bundle = payload.read_bundle(bundle_path())
     if args.verify:
         return _verify(bundle, prog)
-    from .settings import resolve
+    from ..settings import resolve
 
     flags = {k: v for k, v in vars(args).items() if v is not None and k in _SETTING_FLAGS}
     settings = resolve(
@@ -150,28 +151,28 @@ def run(args, prog: str) -> int:
     if args.json:
         raise UsageError("--json goes with --info")
     if args.prompt is None and not args.cli:
-        from .server import serve
+        from ..server.httpd import serve
 
         return serve(bundle, settings, open_browser=not args.server, verbose=args.verbose,
                      cache_dir=args.cache_dir)  # fmt: skip
-    from .session import open_session
+    from ..llama.job import Sampling
+    from ..llama.loading import open_engine
 
-    with open_session(bundle, settings, verbose=args.verbose, cache_dir=args.cache_dir) as (
-        session, sampling,
-    ):  # fmt: skip
-        value = {k: v for k, (v, _) in settings.items()}
+    sampling = Sampling.from_settings(settings)
+    with open_engine(bundle, settings, verbose=args.verbose, cache_dir=args.cache_dir) as engine:
         if args.prompt is not None:
-            return _complete(session, sampling, args.prompt, value["n_predict"], args.timings)
-        from .chat import Formatter, run_cli
+            return _complete(engine, sampling, args.prompt, settings["n_predict"], args.timings)
+        from ..llama.templates import Formatter
+        from .chat import run_cli
 
         return run_cli(
-            session,
-            Formatter(session.model, value["chat_template"] or None),
+            engine,
+            Formatter(engine.model, settings["chat_template"] or None),
             sampling,
-            max_tokens=value["n_predict"],
-            system=value["system"],
-            title=value["name"] or bundle.model["name"],
-            greeting=value["greeting"],
+            max_tokens=settings["n_predict"],
+            system=settings["system"],
+            title=settings["name"] or bundle.model["name"],
+            greeting=settings["greeting"],
         )
 
 
@@ -181,14 +182,14 @@ _SETTING_FLAGS = {
 }  # fmt: skip
 
 
-def _complete(session, sampling, prompt: str, n_predict: int, timings: bool) -> int:
-    from .engine import Stats
+def _complete(engine, sampling, prompt: str, n_predict: int, timings: bool) -> int:
+    from ..llama.job import Job
 
-    tokens = session.model.tokenize(prompt)
-    stats = Stats()
-    for piece in session.generate(tokens, sampling, max_tokens=n_predict, stats=stats):
+    job = Job("generate", engine.model.tokenize(prompt), sampling=sampling, max_tokens=n_predict)
+    for piece in engine.generate(job):
         sys.stdout.write(piece)
         sys.stdout.flush()
+    stats = job.stats
     sys.stdout.write("\n")
     sys.stdout.flush()
     if timings:
@@ -204,8 +205,8 @@ def _complete(session, sampling, prompt: str, n_predict: int, timings: bool) -> 
 
 
 def _verify(bundle, prog: str) -> int:
-    from .progress import Progress
-    from .verify import total_bytes, verify
+    from ..bundle.verify import total_bytes, verify
+    from ..progress import Progress
 
     with Progress("Verifying", total_bytes(bundle)) as progress:
         checked = verify(bundle, progress)
@@ -220,6 +221,6 @@ def _llama_version() -> str:
     try:
         return version("llama_cpp_python")
     except PackageNotFoundError:
-        from . import backend
+        from ..llama import backend
 
         return getattr(backend.bindings(), "__version__", "unknown")

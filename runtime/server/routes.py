@@ -8,10 +8,10 @@ import queue
 import threading
 from pathlib import Path
 
+from ..errors import ContextError, UsageError, check_prompt
+from ..llama.job import Job, Sampling
+from ..llama.loading import context_size
 from . import api
-from .errors import UsageError
-from .session import context_size, sampling_from
-from .worker import Job
 
 WAIT_POLL = 0.25  # seconds between checks that a waiting client is still there
 
@@ -22,19 +22,18 @@ class ClientGone(Exception):
 
 class App:
     def __init__(self, bundle, settings, worker, *, verbose, loopback_only, static):
-        value = {k: v for k, (v, _) in settings.items()}
         self.bundle, self.worker, self.verbose, self.static = bundle, worker, verbose, static
         self.loopback_only = loopback_only
-        self.api_key = value["api_key"]
-        self.system_prompt = value["system"]
-        self.defaults, self.default_max = sampling_from(value), value["n_predict"]
+        self.api_key = settings["api_key"]
+        self.system_prompt = settings["system"]
+        self.defaults, self.default_max = Sampling.from_settings(settings), settings["n_predict"]
         stem = Path(bundle.model["name"]).stem
-        self.model_id = value["name"] or stem
+        self.model_id = settings["name"] or stem
         self.model_ids = (self.model_id, stem, bundle.model["name"])
-        self.greeting = value["greeting"]
-        self.has_template = bool(value["chat_template"] or bundle.model["gguf"].get("chat_template"))
+        self.greeting = settings["greeting"]
+        self.has_template = bool(settings["chat_template"] or bundle.model["gguf"].get("chat_template"))
         self.fingerprint = f"llamabundle-{bundle.manifest['build']['build_id']}"
-        self.planned_ctx = context_size(value["ctx_size"], bundle.model["gguf"].get("context_length", 0))
+        self.planned_ctx = context_size(settings["ctx_size"], bundle.model["gguf"].get("context_length", 0))
         self.active: set = set()
         self.lock = threading.Lock()
         self.table = {
@@ -108,11 +107,10 @@ class App:
 
     def _tokens(self, w, text: str, add_special: bool, param: str) -> list[int]:
         tokens = w.engine.model.tokenize(text, add_special=add_special)
-        if len(tokens) >= w.engine.n_ctx:
-            raise api.ApiError(
-                400, f"the prompt is {len(tokens)} tokens, but this model's context holds "
-                f"{w.engine.n_ctx}; shorten it", code="context_length_exceeded", param=param,
-            )  # fmt: skip
+        try:
+            check_prompt(len(tokens), w.engine.n_ctx)
+        except ContextError as e:
+            raise api.ApiError(400, str(e), code="context_length_exceeded", param=param) from None
         return tokens
 
     def _run(self, h, job: Job):

@@ -20,22 +20,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..errors import UsageError
 from . import api, routes
-from .errors import UsageError
 from .worker import Worker
 
 MAX_BODY = 8 * 1024 * 1024
 PORT_TRIES = 20
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
-STATIC = {"/": ("index.html", "text/html"), "/chat.css": ("chat.css", "text/css"),
-          "/chat.js": ("chat.js", "text/javascript")}  # fmt: skip
+# The page's files, served by name from templates/ (its ES modules import each other by path).
+STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
 def templates_dir() -> Path:
     base = getattr(sys, "_MEIPASS", None)
-    return Path(base) / "templates" if base else Path(__file__).resolve().parent.parent / "templates"
+    return Path(base) / "templates" if base else Path(__file__).resolve().parents[2] / "templates"
+
+
+def static_name(path: str, files: dict) -> str | None:
+    """The page file a GET path names: "/" is index.html, "/x.js" is x.js if the page has it.
+    A build without the page still answers "/" (with a 404 that says so)."""
+    if path == "/":
+        return "index.html"
+    name = path[1:]
+    if "/" in name or os.path.splitext(name)[1] not in STATIC_TYPES or name not in files:
+        return None
+    return name
 
 
 def is_loopback(host: str) -> bool:
@@ -92,8 +103,8 @@ class Handler(BaseHTTPRequestHandler):
             if app.loopback_only and not is_loopback(host_name(self.headers.get("Host") or "")):
                 raise api.ApiError(403, "this server only answers requests addressed to localhost",
                                    code="forbidden_host")  # fmt: skip
-            if method in ("GET", "HEAD") and path in STATIC:
-                return self._static(*STATIC[path], head=method == "HEAD")
+            if method in ("GET", "HEAD") and (name := static_name(path, app.static)):
+                return self._static(name, head=method == "HEAD")
             handler = app.route(method, path)
             if path.startswith("/v1/") and app.api_key:
                 auth = self.headers.get("Authorization") or ""
@@ -156,12 +167,12 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _static(self, name: str, ctype: str, head: bool) -> None:
+    def _static(self, name: str, head: bool) -> None:
         data = self.server.app.static.get(name)
         if data is None:
             raise api.ApiError(404, "the web chat page is not part of this build")
         self.send_response(200)
-        self.send_header("Content-Type", f"{ctype}; charset=utf-8")
+        self.send_header("Content-Type", f"{STATIC_TYPES[os.path.splitext(name)[1]]}; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Content-Security-Policy", CSP)
         self.send_header("X-Content-Type-Options", "nosniff")
@@ -219,14 +230,13 @@ def bind(host: str, port: int, explicit_port: bool, app) -> Server:
     raise UsageError(f"port {port} on {host} is already in use; {hint}")
 
 
-def serve(bundle, settings: dict, *, open_browser: bool, verbose: bool = False,
+def serve(bundle, settings, *, open_browser: bool, verbose: bool = False,
           cache_dir: str | None = None) -> int:  # fmt: skip
-    value = {k: v for k, (v, _) in settings.items()}
-    host = value["host"]
+    host = settings["host"]
     worker = Worker(bundle, settings, verbose=verbose, cache_dir=cache_dir)
     app = routes.App(bundle, settings, worker, verbose=verbose, loopback_only=is_loopback(host),
                      static=_load_static())  # fmt: skip
-    server = bind(host, value["port"], settings["port"][1] != "default", app)
+    server = bind(host, settings["port"], settings.given("port"), app)
     port = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"

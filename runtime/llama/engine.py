@@ -1,9 +1,10 @@
-"""Continuous batching: several requests decoded together in one llama.cpp context.
+"""The one generation engine: every mode (``-p``, ``--cli``, the server) decodes here.
 
-Like llama-server's parallel slots. The context has ``n_slots`` sequences over one
-unified KV cache of ``n_ctx`` cells. Each slot serves one request at a time and
-keeps the tokens it decoded, so a later request that shares a prefix with them
-(the next turn of a chat) only decodes what is new.
+Like llama-server's parallel slots (and llama.cpp's CLI, which moved onto them).
+The context has ``n_slots`` sequences over one unified KV cache of ``n_ctx``
+cells; ``-p`` and ``--cli`` use one slot, the server ``--parallel``. This module
+owns sampling, prefix reuse and its cache rules, stop strings, UTF-8 assembly
+and the statistics; nothing else calls ``llama_decode`` for text.
 
 Each ``step()`` is one ``llama_decode``: every generating slot adds the token it
 sampled last, and prompts being processed fill the rest of the batch in chunks,
@@ -13,57 +14,27 @@ Each slot then samples from its own row of logits with its own sampler chain.
 
 from __future__ import annotations
 
-import codecs
 import time
+from collections.abc import Iterator
 
-from .engine import make_sampler
-from .errors import ModelError, UsageError
-from .stops import StopStrings
+from ..errors import ModelError, UsageError, check_prompt
+from .job import Job, make_sampler
+from .model import Model, new_context
+from .slots import GEN, IDLE, PROMPT, Slot, pick
 
-IDLE, PROMPT, GEN = "idle", "prompt", "generating"
 NO_KV_ROOM = 1  # llama_decode: no room in the KV cache for the batch (the cache is left as it was)
 
 
-class Slot:
-    def __init__(self, seq: int):
-        self.seq = seq  # the llama.cpp sequence id this slot decodes into
-        self.state = IDLE
-        self.cached: list[int] = []  # the tokens of this sequence in the KV cache, in order
-        self.job = None
-        self.last_used = 0  # the engine's clock when the slot last took or finished a job
-
-    def take(self, job, keep: int, clock: int, sampler) -> None:
-        self.job, self.state, self.last_used, self.sampler = job, PROMPT, clock, sampler
-        self.pending = job.tokens[keep:]  # prompt tokens still to decode (at least one)
-        self.done = 0  # how many of them are decoded
-        self.last = -1  # the token sampled last, decoded at the next step
-        self.n_gen = 0
-        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self.stops = StopStrings(job.stop)
-        self.text: list[str] = []  # what a job that does not stream has generated so far
-        self.t0 = self.t1 = time.perf_counter()
-
-
-class BatchEngine:
+class Engine:
     """One llama.cpp context decoding for up to ``n_slots`` requests at once.
 
-    Not thread-safe: one thread (the worker's) calls ``add``, ``step`` and ``close``.
-    ``model``, ``n_ctx``, ``n_threads`` and ``C`` mirror ``engine.Session``'s."""
+    Not thread-safe: one thread calls ``add``, ``step``, ``generate`` and ``close``
+    (the server's worker thread, or the main thread for ``-p`` and ``--cli``)."""
 
-    def __init__(self, model, *, n_ctx: int, n_threads: int, n_batch: int = 512, n_slots: int = 4):
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int, n_batch: int = 512, n_slots: int = 1):
         C = model.C
         self.C, self.model, self.n_threads, self.n_batch = C, model, n_threads, n_batch
-        params = C.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = n_slots
-        params.kv_unified = True  # one cache of n_ctx cells that all slots share
-        params.n_threads = params.n_threads_batch = n_threads
-        params.no_perf = True
-        self.ptr = C.llama_init_from_model(model.ptr, params)
-        if not self.ptr:
-            raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {n_slots} "
-                             "slots; try a smaller --ctx-size")  # fmt: skip
+        self.ptr = new_context(model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq_max=n_slots)
         self.n_ctx = C.llama_n_ctx(self.ptr)
         self.mem = C.llama_get_memory(self.ptr)
         cap = max(n_batch, n_slots)
@@ -93,23 +64,18 @@ class BatchEngine:
         return any(s.state == IDLE for s in self.slots)
 
     # -- requests ----------------------------------------------------------------
-    def add(self, job) -> bool:
+    def add(self, job: Job) -> bool:
         """Start ``job`` on the idle slot whose cache shares the longest prefix with its
-        prompt (ties: the least recently used); False when every slot is busy."""
+        prompt (``slots.pick``); False when every slot is busy."""
         tokens = job.tokens
-        idle = [s for s in self.slots if s.state == IDLE]
-        if not idle:
+        best, keep = pick(self.slots, tokens)
+        if best is None:
             return False
-        if not tokens or len(tokens) >= self.n_ctx:
-            msg = ("the prompt is empty" if not tokens else f"the prompt is {len(tokens)} tokens but the "
-                   f"context holds {self.n_ctx}; shorten it or raise --ctx-size")  # fmt: skip
-            job.events.put(("error", UsageError(msg)))
+        try:
+            check_prompt(len(tokens), self.n_ctx)
+        except UsageError as e:
+            job.events.put(("error", e))
             return True
-        best, keep = None, -1
-        for s in sorted(idle, key=lambda s: s.last_used):
-            n = _common_prefix(s.cached, tokens, len(tokens) - 1)  # always decode one token: fresh logits
-            if n > keep:
-                best, keep = s, n
         C = self.C
         if keep and C.llama_memory_seq_pos_min(self.mem, best.seq) > 0:
             keep = 0  # the start of the sequence left the cache (sliding-window attention)
@@ -123,6 +89,36 @@ class BatchEngine:
         if job.max_tokens == 0:
             self._finish(best, "length")
         return True
+
+    def generate(self, job: Job) -> Iterator[str]:
+        """Run ``job`` on this thread and yield its text as it comes (``-p`` and ``--cli``:
+        one slot, no worker). Its stats are in ``job.stats`` at the end; an error is raised.
+        Stopped early (Ctrl-C, or the caller closes the iterator), the job is cancelled and
+        its slot forgets its cache: the step it broke into may have left it half-written."""
+        if not self.add(job):
+            raise RuntimeError("the engine has no idle slot")
+        finished = False
+        try:
+            while True:
+                while not job.events.empty():
+                    tag, value = job.events.get_nowait()
+                    if tag == "piece":
+                        yield value
+                    elif tag == "error":
+                        finished = True
+                        raise value
+                    else:
+                        finished = True
+                        return
+                if not self.step() and job.events.empty():
+                    raise RuntimeError("the engine stopped before the job ended")
+        finally:
+            if not finished:
+                job.cancelled.set()
+                for slot in self.slots:
+                    if slot.job is job:
+                        self._finish(slot, "cancelled")
+                        self._forget(slot)
 
     def fail_all(self, error: Exception) -> None:
         """Give every running job ``error`` and forget what their slots cached."""
@@ -271,12 +267,3 @@ class BatchEngine:
         # The slot is free before the client hears it is done: /health agrees with the reply.
         job.events.put(("error", error) if error is not None else ("done", stats))
 
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = min(len(a), len(b), limit)
-    if a[:n] == b[:n]:
-        return n
-    i = 0
-    while a[i] == b[i]:
-        i += 1
-    return i

@@ -3,8 +3,8 @@ machine that is too small gets one clear line instead of the OOM killer."""
 
 from __future__ import annotations
 
+from ..errors import ResourceError
 from . import hardware
-from .errors import ResourceError
 
 DEFAULT_CTX = 4096
 MIN_CTX = 512

@@ -1,4 +1,4 @@
-"""Chat prompts and the terminal chat.
+"""Chat prompts: a conversation rendered as the text the model expects.
 
 A chat template is rendered by one of two well-kept engines, neither of which
 needs numpy (llama-cpp-python's ``llama_chat_format`` imports it, and numpy with
@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import json
-import sys
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TextIO
 
-from .engine import Sampling, Session, Stats
-from .errors import UsageError
-from .stops import StopStrings
+from ..errors import UsageError
 
 PLAIN_NOTE = (
     "note: this model has no chat template, so chat runs in plain completion style: "
@@ -46,7 +42,7 @@ class Prompt:
 
 def named_formats() -> list[str]:
     """The chat format names llama.cpp knows ("chatml", "llama3", ...), plus aliases."""
-    from .backend import bindings
+    from .backend import bindings  # not at the top: the bundler's config check imports this module
 
     C = bindings()
     n = C.llama_chat_builtin_templates(None, 0)
@@ -158,91 +154,3 @@ def render_plain(messages: list[dict]) -> str:
         else:
             parts.append(content)
     return "".join(parts)
-
-
-def generate_text(
-    session: Session, tokens: list[int], stop: list[str], sampling: Sampling, max_tokens: int, stats: Stats
-):
-    """Stream the completion of ``tokens``, ending early at any of the ``stop`` strings
-    (which are not part of the output)."""
-    pieces = session.generate(tokens, sampling, max_tokens=max_tokens, stats=stats)
-    stops = StopStrings(stop)
-    try:
-        for piece in pieces:
-            text = stops.feed(piece)
-            if text:
-                yield text
-            if stops.hit:
-                stats.finish_reason = "stop"
-                return
-        tail = stops.flush()
-        if tail:
-            yield tail
-    finally:
-        pieces.close()
-
-
-def run_cli(
-    session: Session,
-    formatter: Formatter,
-    sampling: Sampling,
-    *,
-    max_tokens: int,
-    system: str,
-    title: str,
-    greeting: str = "",
-    stdin: TextIO = sys.stdin,
-    stdout: TextIO = sys.stdout,
-    stderr: TextIO = sys.stderr,
-) -> int:
-    """Interactive chat with streaming replies until /bye or end of input."""
-    print(f"Chatting with {title}. Type /bye or press Ctrl-D to quit, /clear to start over.", file=stderr)
-    if formatter.plain:
-        print(PLAIN_NOTE, file=stderr)
-    if greeting:
-        print(greeting, file=stdout)
-    base = [{"role": "system", "content": system}] if system else []
-    messages = list(base)
-    interactive = stdin.isatty() and stdout.isatty()
-    if interactive:
-        try:
-            import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:
-            pass
-    while True:
-        try:
-            if interactive:
-                line = input("> ") + "\n"
-            else:
-                stdout.write("> ")
-                stdout.flush()
-                line = stdin.readline()
-        except EOFError:
-            line = ""
-        except KeyboardInterrupt:
-            line = ""
-        if not line:
-            stdout.write("\n")
-            return 0
-        text = line.rstrip("\n")
-        if text.strip() in ("/bye", "/exit", "/quit"):
-            return 0
-        if text.strip() == "/clear":
-            messages = list(base)
-            print("(conversation cleared)", file=stderr)
-            continue
-        if not text.strip():
-            continue
-        messages.append({"role": "user", "content": text})
-        reply, stats = [], Stats()
-        try:
-            prompt = formatter.render(messages)
-            tokens = session.model.tokenize(prompt.text, add_special=prompt.add_special)
-            for piece in generate_text(session, tokens, prompt.stop, sampling, max_tokens, stats):
-                reply.append(piece)
-                stdout.write(piece)
-                stdout.flush()
-        except KeyboardInterrupt:
-            print("\n(stopped)", file=stderr)
-        stdout.write("\n")
-        messages.append({"role": "assistant", "content": "".join(reply)})

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
-from .errors import PayloadError
+from ..errors import PayloadError
+from . import digest
 from .payload import Bundle
-
-CHUNK = 8 << 20
 
 
 def _hash_range(path: str, offset: int, size: int, progress) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(offset)
-        left = size
-        while left:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                raise PayloadError(f"{os.path.basename(path)} is cut short; download it again")
-            digest.update(chunk)
-            left -= len(chunk)
-            progress(len(chunk))
-    return digest.hexdigest()
+    sha = digest.sha256(path, offset, size, progress)
+    if sha is None:
+        raise PayloadError(f"{os.path.basename(path)} is cut short; download it again")
+    return sha
 
 
 def parts_paths(bundle: Bundle) -> list[str]:

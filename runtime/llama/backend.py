@@ -20,7 +20,7 @@ import types
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 _state: dict = {}
 _log_lines: list[str] = []

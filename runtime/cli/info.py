@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import sys
 
-from . import __version__, backend, hardware
-from .session import context_size, gpu_plan
+from .. import __version__
+from ..llama import backend, hardware
+from ..llama.loading import context_size, gpu_plan
 
 
-def collect(bundle, settings: dict, verbose: bool = False) -> dict:
+def collect(bundle, settings, verbose: bool = False) -> dict:
     backend.init(verbose=verbose)
     hw = hardware.detect()
     devices = backend.devices()
-    layers, note = gpu_plan(settings["gpu_layers"][0], settings["gpu_layers"][1], hw, devices)
+    layers, note = gpu_plan(settings["gpu_layers"], settings.given("gpu_layers"), hw, devices)
     hw["ggml"] = {
         "cpu_variant": backend.loaded_cpu_variant(),
         "cpu_features": backend.cpu_backend_features(),
@@ -26,7 +27,9 @@ def collect(bundle, settings: dict, verbose: bool = False) -> dict:
         "bundle": {"path": bundle.path, "size": bundle.file_size, "payload_start": bundle.payload_start},
         "manifest": bundle.manifest,
         "hardware": hw,
-        "settings": {k: {"value": _shown(k, v), "source": src} for k, (v, src) in sorted(settings.items())},
+        "settings": {
+            k: {"value": _shown(k, settings[k]), "source": settings.source(k)} for k in sorted(settings)
+        },
     }
 
 
@@ -34,7 +37,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
 
 
-def show_info(bundle, settings: dict, *, as_json: bool, verbose: bool = False) -> int:
+def show_info(bundle, settings, *, as_json: bool, verbose: bool = False) -> int:
     info = collect(bundle, settings, verbose)
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
@@ -51,7 +54,7 @@ def show_info(bundle, settings: dict, *, as_json: bool, verbose: bool = False) -
         f"Model     {model['name']} ({_mib(model['size'])}, sha256 {model['sha256'][:16]}...)",
         f"  arch    {g.get('architecture', '?')}, {g.get('parameters', 0):,} parameters, "
         f"{g.get('file_type', '?')}",
-        f"  context trained {ctx_train:,}; using {context_size(settings['ctx_size'][0], ctx_train):,}",
+        f"  context trained {ctx_train:,}; using {context_size(settings['ctx_size'], ctx_train):,}",
         f"  chat    {_chat_text(g, settings)}",
         f"  stored  {_storage_text(model)}",
         f"CPU       {cpu['model'] or cpu['arch']} ({cpu['physical_cores']} cores, "
@@ -65,8 +68,8 @@ def show_info(bundle, settings: dict, *, as_json: bool, verbose: bool = False) -
         "Settings",
     ]
     width = max(len(k) for k in settings)
-    for key, (value, source) in sorted(settings.items()):
-        lines.append(f"  {key:<{width}}  {_shown(key, value)!r:<12} ({source})")
+    for key in sorted(settings):
+        lines.append(f"  {key:<{width}}  {_shown(key, settings[key])!r:<12} ({settings.source(key)})")
     print("\n".join(lines))
     return 0
 
@@ -75,8 +78,8 @@ def _shown(key: str, value):
     return "(set)" if key == "api_key" and value else value
 
 
-def _chat_text(g: dict, settings: dict) -> str:
-    value, source = settings["chat_template"]
+def _chat_text(g: dict, settings) -> str:
+    value, source = settings["chat_template"], settings.source("chat_template")
     if value:
         return f"template from the {source} settings" if "{" in value else f"format {value!r} ({source})"
     return "template included" if g.get("chat_template") else "no chat template (plain completion style)"

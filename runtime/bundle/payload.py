@@ -32,7 +32,8 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import PayloadError
+from ..errors import PayloadError
+from . import digest
 
 MAGIC = b"LLBUNDLE"
 LAYOUT_VERSION = 1
@@ -274,15 +275,4 @@ def _check_model_header(f: BinaryIO, bundle: Bundle) -> None:
 
 def header_ok(f: BinaryIO, offset: int, size: int, sha256: str) -> bool:
     """Whether the ``size`` bytes at ``offset`` hash to ``sha256``."""
-    import hashlib
-
-    f.seek(offset)
-    digest = hashlib.sha256()
-    left = size
-    while left:
-        chunk = f.read(min(left, 1 << 20))
-        if not chunk:
-            return False
-        digest.update(chunk)
-        left -= len(chunk)
-    return digest.hexdigest() == sha256
+    return digest.sha256(f, offset, size) == sha256

@@ -14,7 +14,7 @@ import struct
 import time
 from dataclasses import dataclass, replace
 
-from .engine import Sampling
+from ..llama.job import Sampling
 
 MAX_STOP = 4
 ROLES = ("system", "developer", "user", "assistant", "tool")

@@ -1,0 +1,1 @@
+"""The bundle file: its payload format, where the model's bytes are, and their integrity."""

@@ -1,0 +1,1 @@
+"""The executable's command line, terminal chat, --info and progress bars."""
