@@ -134,7 +134,7 @@ def build(model: Path, output: Path | None, target_os: str | None, runtime_stub:
     from . import split as split_mod
 
     try:
-        target_os = _target_os(target_os, output, runtime_stub)
+        target_os = stub.target_os(target_os, output, runtime_stub)
     except Failure as e:
         raise _fail(e) from None
     if output is None:
@@ -190,23 +190,6 @@ def build(model: Path, output: Path | None, target_os: str | None, runtime_stub:
     where = " on Windows" if target_os == "windows" and stub.host_os() != "windows" else ""
     click.echo(f"Built {output} for {kind['os']}-{kind['arch']} ({_human(result.size)}, build "
                f"{result.build_id}{extra}); run it{where} with: {run} (or {run} --help)")  # fmt: skip
-
-
-def _target_os(asked: str | None, output: Path | None, runtime_stub: Path | None) -> str:
-    """--os, else what --runtime is, else windows for a .exe output, else this machine's."""
-    from . import stub
-
-    exe = output is not None and output.suffix.lower() == ".exe"
-    if runtime_stub is not None:
-        given = stub.executable_kind(runtime_stub)["os"]
-        wanted = asked or ("windows" if exe else given)
-        if given != wanted:
-            why = f"--os {asked}" if asked else f"the .exe name of {output}"
-            raise InputError(f"--runtime {runtime_stub} is a {given} runtime stub, but {why} asks for "
-                             f"{wanted}; pass a {wanted} stub (llamabundle stub --os {wanted}) or change "
-                             f"{'--os' if asked else 'the output name'}")  # fmt: skip
-        return given
-    return asked or ("windows" if exe else stub.host_os())
 
 
 def _scratch_dir(output: Path) -> Path:

@@ -22,7 +22,7 @@ from runtime.bundle import payload
 from . import gguf_info
 from .copying import HashingWriter, copy_hashed, copy_model
 from .errors import InputError, OutputError
-from .launcher import cookie_tail
+from .onefile_cookie import cookie_tail
 from .split import write_parts
 from .stub import executable_kind
 

@@ -228,3 +228,18 @@ def executable_kind(path: Path) -> dict:
     if head[:4] in (b"\xca\xfe\xba\xbe", b"\xbe\xba\xfe\xca"):
         return {"os": "macos", "arch": "universal", "format": "macho"}
     raise InputError(f"{path} is not an executable (ELF, PE or Mach-O); pass a runtime stub")
+
+
+def target_os(asked: str | None, output: Path | None, runtime_stub: Path | None) -> str:
+    """--os, else what --runtime is, else windows for a .exe output, else this machine's."""
+    exe = output is not None and output.suffix.lower() == ".exe"
+    if runtime_stub is not None:
+        given = executable_kind(runtime_stub)["os"]
+        wanted = asked or ("windows" if exe else given)
+        if given != wanted:
+            why = f"--os {asked}" if asked else f"the .exe name of {output}"
+            raise InputError(f"--runtime {runtime_stub} is a {given} runtime stub, but {why} asks for "
+                             f"{wanted}; pass a {wanted} stub (llamabundle stub --os {wanted}) or change "
+                             f"{'--os' if asked else 'the output name'}")  # fmt: skip
+        return given
+    return asked or ("windows" if exe else host_os())

@@ -3,6 +3,7 @@ served by a real built executable, with every request to any other host refused.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import pytest
 
@@ -21,6 +23,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 ARTIFACTS = ROOT / "test-artifacts"
+CHAT = "/v1/chat/completions"
 URL_RE = re.compile(
     r"(?i)\b(?:https?|wss?|ftp):"  # absolute URLs
     r"|(?<![\w:/])//[\w-]+(?:\.[\w-]+)+"  # protocol-relative URLs
@@ -32,7 +35,9 @@ def test_page_sources_name_no_outside_host():
     for bad in ('src="https://cdn.example/x.js"', "fetch('//evil.example/x')", "@import 'a.css'",
                 "background: url(fonts.example/f.woff)"):  # fmt: skip
         assert URL_RE.search(bad), bad  # the scanner itself catches what it must
-    for name in ("index.html", "chat.js", "chat.css"):
+    names = sorted(p.name for p in (ROOT / "templates").iterdir() if p.is_file())
+    assert {"index.html", "chat.js", "chat.css", "markdown.js"} <= set(names), names
+    for name in names:  # every file the server serves, ES modules included
         text = (ROOT / "templates" / name).read_text()
         assert not URL_RE.search(text), f"{name}: {URL_RE.search(text).group(0)!r}"
         assert "innerHTML" not in text and "eval(" not in text and "new Function" not in text
@@ -165,3 +170,161 @@ def test_phone_sized_screen_and_keyboard(page):
     _ask_and_stop(page, "One day", 10)  # keyboard alone: type, send, stop
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "webchat-phone.png"))
+
+
+def _record_chat(page) -> tuple[list, list]:
+    """Records the JSON bodies of the page's chat requests, and the statuses of the answers."""
+    bodies, statuses = [], []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith(CHAT) else None)
+    page.on("response", lambda r: statuses.append(r.status) if r.url.endswith(CHAT) else None)
+    return bodies, statuses
+
+
+def test_message_sent_before_props_load_is_answered(page):
+    """A message sent while /props is still on its way waits for it and names the server's
+    model (it once went out as model "default", and the server answered 404)."""
+    held = []
+    page.route("**/props", lambda route: held.append(route))  # held until released below
+    bodies, statuses = _record_chat(page)
+    page.reload()
+    _wait(lambda: page.evaluate("() => true") and len(held) >= 1)
+    assert page.text_content("#model-name") == "Loading…"
+    page.fill("#prompt", "Once upon a time")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(1000)  # /props held for a second
+    assert bodies == [], f"sent before /props arrived: {bodies}"
+    assert _busy(page), "the message was not taken"
+    for route in held:
+        route.continue_()
+    _wait(lambda: len(_reply_text(page)) > 20)
+    page.keyboard.press("Escape")
+    _wait(lambda: not _busy(page))
+    assert page.text_content("#model-name") == "stories260K"
+    assert [b.get("model") for b in bodies] == ["stories260K"], bodies
+    assert statuses == [200], statuses
+    assert page.locator("#messages .msg.error").count() == 0, page.text_content("#messages .msg.error")
+    assert page.errors == [], page.errors
+
+
+def test_stop_while_waiting_for_props(page):
+    """Stop works while a message waits for /props: nothing is sent, and Retry sends it later."""
+    held = []
+    page.route("**/props", lambda route: held.append(route))
+    bodies, _ = _record_chat(page)
+    page.reload()
+    _wait(lambda: page.evaluate("() => true") and len(held) >= 1)
+    page.fill("#prompt", "Once upon a time")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
+    assert _busy(page)
+    page.keyboard.press("Escape")
+    _wait(lambda: not _busy(page))
+    assert bodies == []
+    assert page.locator("#messages .retry").count() == 1
+    for route in held:
+        route.continue_()
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    page.click("#messages .retry")
+    _wait(lambda: len(_reply_text(page)) > 10)
+    page.keyboard.press("Escape")
+    _wait(lambda: not _busy(page))
+    assert [b.get("model") for b in bodies] == ["stories260K"], bodies
+    assert page.errors == [], page.errors
+
+
+MARKDOWN_REPLY = (
+    "## Title\n\nSome **bold** text and `code`, see [the docs](https://example.com/docs).\n\n"
+    "- one\n- two\n\n```python\nprint('<b>hi</b>')\n```\n\n<script>alert(1)</script>\n"
+)
+
+
+def test_markdown_reply_renders_as_elements(page):
+    """A reply with Markdown (streamed in small pieces, by a route standing in for the
+    server) shows as elements, as a full render of the text would, with no HTML or links."""
+    pieces = [MARKDOWN_REPLY[i : i + 5] for i in range(0, len(MARKDOWN_REPLY), 5)]
+    events = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    page.route(
+        f"**{CHAT}",
+        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=sse),
+    )
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    page.fill("#prompt", "Show me some Markdown")
+    page.keyboard.press("Enter")
+    _wait(lambda: not _busy(page) and page.locator("#messages .msg.assistant .meta").count() == 1)
+    content = "#messages .msg.assistant .content"
+    assert page.text_content(f"{content} h2") == "Title"
+    assert page.text_content(f"{content} strong") == "bold"
+    assert page.locator(f"{content} li").all_text_contents() == ["one", "two"]
+    assert page.text_content(f"{content} .code-block pre code") == "print('<b>hi</b>')"
+    assert page.text_content(f"{content} .code-head span") == "python"
+    assert "the docs (https://example.com/docs)" in page.text_content(f"{content} p")
+    assert page.locator(f"{content} a, {content} script, {content} b").count() == 0
+    same = page.evaluate(
+        """async (text) => {
+          const { renderMarkdown } = await import('/markdown-dom.js');
+          const shown = document.querySelector('#messages .msg.assistant .content');
+          const full = document.createElement('div');
+          full.className = 'content';
+          return shown.isEqualNode(renderMarkdown(full, text));
+        }""",
+        MARKDOWN_REPLY,
+    )
+    assert same, "the streamed reply differs from a full render of its text"
+    assert page.errors == [], page.errors
+
+
+def _props_route(page, server, **override):
+    """Answers /props as the server does, with ``override`` applied."""
+
+    def handle(route):
+        real = json.loads(urlopen(server.url + "/props").read())
+        route.fulfill(status=200, content_type="application/json", body=json.dumps({**real, **override}))
+
+    page.route("**/props", handle)
+
+
+def test_props_shape_the_page(page, server):
+    """Greeting, default system prompt and the plain-completion note come from /props,
+    and the system prompt goes out with the first message."""
+    _props_route(
+        page, server, greeting="Hello, I am **tiny**.", system_prompt="Be brief.", chat_template=False
+    )
+    bodies, _ = _record_chat(page)
+    page.reload()
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    assert page.text_content("#messages .msg.greeting strong") == "tiny"
+    assert page.input_value("#system-prompt") == "Be brief."
+    assert page.text_content("#sys-preview") == "\u00b7 Be brief."
+    assert page.is_visible("#template-note")
+    _ask_and_stop(page, "Once upon a time", 10)
+    assert bodies[0]["messages"][0] == {"role": "system", "content": "Be brief."}, bodies
+    assert page.locator("#messages .msg.greeting").count() == 0
+    assert page.errors == [], page.errors
+
+
+def test_api_key_form(page, server):
+    """A 401 from /props asks for a key; the key is then sent, and the form goes away."""
+    seen = []
+
+    def handle(route):
+        seen.append(route.request.headers.get("authorization"))
+        if route.request.headers.get("authorization") != "Bearer sesame":
+            route.fulfill(status=401, content_type="application/json", body='{"error": {"message": "no"}}')
+        else:
+            route.continue_()
+
+    page.route("**/props", handle)
+    page.reload()
+    _wait(lambda: page.is_visible("#key-form"))
+    assert page.text_content("#key-msg") == "This server requires an API key."
+    assert page.evaluate("() => document.activeElement.id") == "api-key"
+    page.keyboard.type("sesame")
+    page.keyboard.press("Enter")
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    assert page.is_hidden("#key-form")
+    assert seen[-1] == "Bearer sesame", seen
+    assert page.evaluate("() => localStorage.getItem('llamabundle.apiKey')") == "sesame"
+    _ask_and_stop(page, "Once upon a time", 10)  # the chat request carries the key too
+    assert page.locator("#messages .msg.error").count() == 0
