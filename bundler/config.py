@@ -51,7 +51,7 @@ def baked_settings(config: Path | None, flags: dict) -> dict:
 
 def chat_template(value: str, where: str) -> str:
     """A chat template file's text, or a chat format name llama.cpp knows."""
-    from runtime.llama.templates import named_formats
+    from runtime.llama.templates import compile_template, named_formats
 
     names = named_formats()
     if value in names:
@@ -68,11 +68,8 @@ def chat_template(value: str, where: str) -> str:
             value = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{where}: cannot read chat template {path}: {e}") from None
-    import jinja2
-
     try:
-        jinja2.Environment().parse(value)
-    except jinja2.TemplateSyntaxError as e:
-        raise InputError(f"{where}: the chat template has a Jinja syntax error on line {e.lineno}: "
-                         f"{e.message}") from None  # fmt: skip
+        compile_template(value)  # the runtime's own renderer: what builds, renders
+    except UsageError as e:
+        raise InputError(f"{where}: {e}") from None
     return value

@@ -17,7 +17,7 @@ with the payload appended after it::
 * The trailer is the last ``TRAILER.size`` bytes of the file: magic, layout
   version, the manifest's position, length and CRC-32, where the payload (the
   end of the stub) starts, and the size of the launcher tail: a few bytes the
-  stub's own launcher looks for at the end of the file (see bundler/launcher.py).
+  stub's own launcher looks for at the end of the file (see bundler/onefile_cookie.py).
 
 The bundler writes this format and the runtime reads it; neither repeats any
 of the constants below. This module uses the standard library only.
@@ -128,7 +128,7 @@ def encode_manifest(manifest: dict) -> bytes:
 
 def encode_trailer(payload_start: int, manifest_offset: int, manifest_bytes: bytes,
                    tail: bytes = b"") -> bytes:  # fmt: skip
-    """The trailer. ``tail`` (the stub launcher's own locator, see bundler/launcher.py) sits
+    """The trailer. ``tail`` (the stub launcher's own locator, see bundler/onefile_cookie.py) sits
     between the manifest and the trailer; the CRC-32 covers both."""
     crc = zlib.crc32(manifest_bytes + tail) & 0xFFFFFFFF
     return TRAILER.pack(

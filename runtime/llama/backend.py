@@ -46,16 +46,6 @@ def bindings():
     return _state["C"]
 
 
-def full_package():
-    """Run llama_cpp's own ``__init__`` after all (numpy and the high-level API), for the
-    parts of llama-cpp-python that need it, such as its Jinja2 chat formatter."""
-    bindings()
-    pkg = sys.modules["llama_cpp"]
-    if not hasattr(pkg, "Llama"):
-        importlib.reload(pkg)
-    return pkg
-
-
 def _lib_dir() -> Path:
     return Path(bindings().__file__).resolve().parent / "lib"
 

@@ -67,7 +67,10 @@ class Formatter:
     def _renderer(self):
         if self._render is None:
             name = FORMAT_ALIASES.get(self.template, self.template)
-            if "{" not in name and name in named_formats():
+            if "{" not in name:  # no Jinja in it: a format name, or a mistake (a typo, a path)
+                if name not in named_formats():
+                    raise UsageError(f"the chat template {name!r} is neither a Jinja template nor a chat "
+                                     f"format llama.cpp knows ({', '.join(named_formats())})")  # fmt: skip
                 self._render = _NamedFormat(self.model.C, name)
             else:
                 C, vocab = self.model.C, self.model.vocab
@@ -105,20 +108,42 @@ class _NamedFormat:
         raise UsageError("the chat prompt did not fit its buffer")
 
 
+def compile_template(source: str):
+    """A Jinja chat template compiled in jinja2's immutable sandbox, with the extensions,
+    globals and filters Transformers gives chat templates; a syntax error is a UsageError.
+    The bundler checks a template at build time with this same function, so a template
+    that builds is one that renders."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(jinja2.ext.Extension):
+        """Transformers' ``{% generation %}...{% endgeneration %}`` (it marks the assistant's
+        part for training): rendered as its body, as Transformers and llama.cpp do."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols, Generation])  # fmt: skip
+    env.filters["tojson"] = _tojson
+    env.globals.update(raise_exception=_raise, strftime_now=lambda f: datetime.now().strftime(f))
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise UsageError(f"the chat template has a Jinja syntax error on line {e.lineno}: "
+                         f"{e.message}") from None  # fmt: skip
+
+
 class _JinjaTemplate:
-    """A Jinja chat template in jinja2's immutable sandbox, with the globals and
-    filters Transformers gives chat templates; BOS comes from the template."""
+    """A Jinja chat template (``compile_template``); BOS comes from the template."""
 
     def __init__(self, source: str, *, bos: str, eos: str):
-        import jinja2
-        import jinja2.ext
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=[jinja2.ext.loopcontrols])  # fmt: skip
-        env.filters["tojson"] = _tojson
-        env.globals.update(raise_exception=_raise, strftime_now=lambda f: datetime.now().strftime(f))
-        self.template, self.bos, self.eos = env.from_string(source), bos, eos
+        self.template, self.bos, self.eos = compile_template(source), bos, eos
 
     def __call__(self, messages: list[dict]) -> Prompt:
         import jinja2
