@@ -29,8 +29,10 @@ def main() -> None:
     args = ap.parse_args()
     stub = str(ensure_stub())
     med = statistics.median
-    print("| model | size | compressed | ratio | build plain | build --compress | start plain "
-          "| first start compressed | later start compressed |")
+    print(
+        "| model | size | compressed | ratio | build plain | build --compress | start plain "
+        "| first start compressed | later start compressed |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for model in args.model or [STORIES]:
         with tempfile.TemporaryDirectory() as tmp:

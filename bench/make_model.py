@@ -50,8 +50,9 @@ def n_params(preset: str, n_vocab: int = N_VOCAB) -> int:
     return 2 * n_vocab * n_embd + n_embd + n_layer * layer
 
 
-def write_f32(path: Path, preset: str, seed: int = 0, vocab_source: Path = VOCAB_SOURCE,
-              progress: bool = True) -> None:
+def write_f32(
+    path: Path, preset: str, seed: int = 0, vocab_source: Path = VOCAB_SOURCE, progress: bool = True
+) -> None:
     import gguf
 
     n_embd, n_layer, n_head, n_head_kv, n_ff = PRESETS[preset]

@@ -11,11 +11,15 @@ def preamble(b: Bench, targets: str) -> list[str]:
         f"Every figure is the median of {b.runs} timed runs after one warm-up run that is dropped "
         "(it also warms the page cache). Ours and the reference take turns run by run, so load from "
         "elsewhere on the machine falls on both alike"
-        + (f"; a turn that follows one in which other processes used over 10% of the CPU first waits "
-           f"(up to {b.wait_idle:.0f} s, 5 min in all) for a quiet 2 s, and a turn in which they used "
-           f"over 30% is run again (twice a row at most)." if b.wait_idle else "."),
+        + (
+            f"; a turn that follows one in which other processes used over 10% of the CPU first waits "
+            f"(up to {b.wait_idle:.0f} s, 5 min in all) for a quiet 2 s, and a turn in which they used "
+            f"over 30% is run again (twice a row at most)."
+            if b.wait_idle
+            else "."
+        ),
         "",
-        f"Targets: {targets}. \"none set\" rows are shown for context.",
+        f'Targets: {targets}. "none set" rows are shown for context.',
     ]
 
 

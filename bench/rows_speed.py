@@ -111,8 +111,10 @@ def http_speed(b: Bench, model: Model) -> list[Row]:
                     pp, tg = _check(reply, who, P, seen[who])
                     got[who][0].append(pp)
                     got[who][1].append(tg)
-                log(f"  run {i}/{b.runs}: pp {got['ours'][0][-1]:.1f} vs {got['llama-server'][0][-1]:.1f}, "
-                    f"tg {got['ours'][1][-1]:.1f} vs {got['llama-server'][1][-1]:.1f} t/s")
+                log(
+                    f"  run {i}/{b.runs}: pp {got['ours'][0][-1]:.1f} vs {got['llama-server'][0][-1]:.1f}, "
+                    f"tg {got['ours'][1][-1]:.1f} vs {got['llama-server'][1][-1]:.1f} t/s"
+                )
     body = f'{{"prompt": "$PROMPT_{P}", "max_tokens": {N}, "temperature": 0, "cache_prompt": false}}'
     cmds = [b.show(ours_cmd), b.show(ref_cmd), f"POST /v1/completions {body}"]
     notes_l = [b.end(), *_seen_note("ours", seen["ours"], N)]

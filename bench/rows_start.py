@@ -148,8 +148,10 @@ def build(b: Bench) -> list[Row]:
         if b.keep(i):
             for key, secs in turn.items():
                 got[key].append(secs)
-            log(f"  run {i}/{b.runs}: cp {got['cp'][-1]:.2f} s, build {got['build'][-1]:.2f} s, "
-                f"--compress {got['build --compress'][-1]:.2f} s")
+            log(
+                f"  run {i}/{b.runs}: cp {got['cp'][-1]:.2f} s, build {got['build'][-1]:.2f} s, "
+                f"--compress {got['build --compress'][-1]:.2f} s"
+            )
     rm(out)
     note = b.end()
     what = f"{model.name}, {human(size)}"

@@ -153,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             header["Synthetic model"] = (
                 f"`{args.preset}` preset of bench/make_model.py: llama, {make_model.n_params(args.preset):,} "
                 f"parameters ({', '.join(f'{k} {v}' for k, v in shape.items())}, stories260K's "
-                f"{make_model.N_VOCAB}-token vocabulary), random weights, quantized by llama.cpp's quantizer")
-        log(f"measuring rows {sorted(args.rows)} with {b.runs} runs each, {b.threads} threads; "
-            f"estimated time: about {estimate_minutes(b, args.rows):.0f} min")
+                f"{make_model.N_VOCAB}-token vocabulary), random weights, quantized by llama.cpp's quantizer"
+            )
+        log(
+            f"measuring rows {sorted(args.rows)} with {b.runs} runs each, {b.threads} threads; "
+            f"estimated time: about {estimate_minutes(b, args.rows):.0f} min"
+        )
         rows, failures = measure(b, args.rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)

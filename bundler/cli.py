@@ -79,8 +79,10 @@ SETTING_OPTIONS = [
     click.option("--threads", type=int, help="CPU threads baked in."),
     click.option("--port", type=int, help="Default server port baked in."),
     click.option("--parallel", type=int, help="Server slots (requests decoded together) baked in."),
-    click.option("--chat-template", help="A Jinja template file, or a chat format llama.cpp "
-                 "knows (chatml, llama3, mistral-v7, ...)."),  # fmt: skip
+    click.option(
+        "--chat-template",
+        help="A Jinja template file, or a chat format llama.cpp knows (chatml, llama3, mistral-v7, ...).",
+    ),  # fmt: skip
     click.option("--greeting", help="First words shown when a chat opens."),
 ]
 

@@ -59,9 +59,18 @@ def check_output(model: Path, out: Path) -> None:
         raise OutputError(f"cannot write {out}: directory {parent} is not writable")
 
 
-def fuse(stub: Path, model: Path, out: Path, *, settings: dict | None = None,
-         compress_level: int | None = None, split_size: int | None = None, progress=None,
-         described: dict | None = None, model_hash=None) -> Result:
+def fuse(
+    stub: Path,
+    model: Path,
+    out: Path,
+    *,
+    settings: dict | None = None,
+    compress_level: int | None = None,
+    split_size: int | None = None,
+    progress=None,
+    described: dict | None = None,
+    model_hash=None,
+) -> Result:
     """Write ``out`` = stub + stored model + manifest + trailer; return what was written.
 
     The model is stored as it is (mapped in place at run time), compressed with

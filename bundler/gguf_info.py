@@ -102,7 +102,8 @@ def describe(path: str) -> dict:
             "chat_template": reader.get_field("tokenizer.chat_template") is not None,
             "alignment": int(reader.alignment),
             "shape": {  # what the runtime needs to size the KV cache before loading
-                key: int(v) for key, gguf_key in SHAPE_KEYS.items()
+                key: int(v)
+                for key, gguf_key in SHAPE_KEYS.items()
                 if isinstance(v := value(gguf_key.format(arch=arch)), int)
             },  # fmt: skip
             "metadata": metadata,

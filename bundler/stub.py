@@ -137,8 +137,17 @@ def cached_stub(rebuild: bool = False, log=print) -> Path:
     return target
 
 
-def pyinstaller_args(root: Path, libs: list[Path], backends: list[Path], tmp: Path, *, onedir: bool,
-                     sep: str = os.pathsep, path=str, extra_binaries=()) -> list[str]:
+def pyinstaller_args(
+    root: Path,
+    libs: list[Path],
+    backends: list[Path],
+    tmp: Path,
+    *,
+    onedir: bool,
+    sep: str = os.pathsep,
+    path=str,
+    extra_binaries=(),
+) -> list[str]:
     """PyInstaller's arguments for the runtime, the same for every OS. ``path`` turns
     a host path into one the (maybe emulated) building Python can open, ``sep`` is
     that Python's path separator in --add-data."""

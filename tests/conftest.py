@@ -7,6 +7,7 @@ into a session temporary directory, and one bundle of stories260K fused from it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -14,6 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# Hypothesis runs the same examples every run ("ci", the default): a failure in CI can be
+# rerun as it was, and two runs of one checkout agree. HYPOTHESIS_PROFILE=dev explores new
+# random examples each run (and keeps the failing ones in .hypothesis/ to replay them).
+hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+hypothesis_settings.register_profile("dev", derandomize=False, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT.parent / "shared" / "models" / "stories260K.gguf"
@@ -50,7 +59,8 @@ def model() -> Path:
 
 @pytest.fixture(scope="session")
 def stub_cache(tmp_path_factory) -> Path:
-    # A developer may keep stubs between runs (the cache is keyed by content, so it is safe);
+    # A developer may keep stubs between runs (the cache is keyed by content, so it is safe,
+    # and bundler.stub builds each under a lock, renamed into place: two runs at once share it);
     # CI leaves this unset and builds the stubs from this checkout every run.
     return Path(os.environ.get("LLAMABUNDLE_TEST_STUB_CACHE") or tmp_path_factory.mktemp("stub-cache"))
 
@@ -91,6 +101,24 @@ def bundle(stub, model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tales"
     run_cli(["build", str(model), "-o", str(out), "--runtime", str(stub)], check=True)
     return out
+
+
+@contextlib.contextmanager
+def shared_lock(path: Path, what: str, config: pytest.Config):
+    """Hold an exclusive lock on ``path`` (flock): for what several test runs at once may
+    share, such as a folder one of them fills. Says so, past pytest's capture, when another
+    run holds it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+                print(f"\nwaiting for another test run's {what} (lock: {path})", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def run_cli(args, check=False, **kw) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROMPT, Served, assert_one_line_error, run_cli, run_exe
-from runtime import payload
+from runtime.bundle import payload
 
 pytestmark = pytest.mark.e2e
 
@@ -48,8 +48,11 @@ def test_baked_settings_from_config_and_flags(stub, model, tmp_path):
     assert s["top_k"] == {"value": 7, "source": "baked"}  # the flag beat the file
     assert s["repeat_penalty"]["value"] == 1.1 and s["port"]["value"] == 9123
     assert s["temp"] == {"value": 0.0, "source": "baked"}
-    env = json.loads(run_exe(out, "--info", "--json", "--top-k", "3", env={"LLAMABUNDLE_TEMP": "0.7",
-                                                                           "LLAMABUNDLE_TOP_K": "9"}).stdout)
+    env = json.loads(
+        run_exe(
+            out, "--info", "--json", "--top-k", "3", env={"LLAMABUNDLE_TEMP": "0.7", "LLAMABUNDLE_TOP_K": "9"}
+        ).stdout
+    )
     assert env["settings"]["temp"] == {"value": 0.7, "source": "env"}  # env beats baked
     assert env["settings"]["top_k"] == {"value": 3, "source": "flag"}  # flag beats env
     chat = run_exe(out, "--cli", "-n", "4", input="/bye\n")
@@ -214,14 +217,48 @@ def test_build_with_quantize(stub, model, tmp_path):
 
 
 # -- splitting ----------------------------------------------------------------------------
+def planned_parts(model: Path, limit: int) -> list[list[str]]:
+    """The tensors each part must hold for ``--split-size limit``: the model's tensors in
+    order, a new part whenever the next tensor would take this part's tensor data over
+    ``limit`` (gguf's ``split_max_size``); only a tensor larger than ``limit`` on its own
+    may exceed it. A part's header (all the metadata, in the first) comes on top."""
+    import gguf
+
+    parts, size = [[]], 0
+    for t in gguf.GGUFReader(str(model)).tensors:
+        if parts[-1] and size + int(t.n_bytes) > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(t.name)
+        size += int(t.n_bytes)
+    return parts
+
+
+def check_split(model: Path, entries: list[dict], folder: Path, limit: int) -> None:
+    """The parts (manifest ``entries``, files in ``folder``) are the planned ones, each
+    within ``limit``."""
+    import gguf
+
+    planned = planned_parts(model, limit)
+    assert len(entries) == len(planned), [e["size"] for e in entries]
+    for entry, names in zip(entries, planned, strict=True):
+        path = folder / entry["file"]
+        assert path.stat().st_size == entry["size"]
+        tensors = gguf.GGUFReader(str(path)).tensors
+        assert [t.name for t in tensors] == names, entry["file"]
+        data = sum(int(t.n_bytes) for t in tensors)
+        assert data <= limit or len(tensors) == 1, (entry["file"], data, limit)
+
+
 def test_split_bundle_runs_from_its_parts(stub, model, tmp_path, expected):
     out = tmp_path / "tales"
     proc = build(stub, model, out, "--split", "--split-size", "300K")
     assert "model parts beside it" in proc.stdout
     m = payload.read_bundle(str(out)).model
     parts = [tmp_path / p["file"] for p in m["parts"]]
-    assert m["storage"] == "split" and len(parts) > 1 and all(p.exists() for p in parts)
-    assert all(p.stat().st_size <= 300 * 1024 for p in parts[:-1]) or len(parts) > 2
+    assert m["storage"] == "split" and all(p.exists() for p in parts)
+    assert len(planned_parts(model, 300 * 1024)) >= 3  # a first, a middle and a last part
+    check_split(model, m["parts"], tmp_path, 300 * 1024)
     assert greedy(out) == expected
     assert "OK" in run_cli(["verify", str(out)], check=True).stdout
     moved = tmp_path / "moved"

@@ -22,10 +22,10 @@ import openai
 import pytest
 
 from conftest import ROOT, Served
-from runtime.batch import BatchEngine
-from runtime.engine import Sampling
+from runtime.llama.engine import Engine
+from runtime.llama.job import Job, Sampling
+from runtime.llama.stops import StopStrings
 from runtime.settings import resolve
-from runtime.stops import StopStrings
 
 pytestmark = pytest.mark.e2e
 
@@ -197,25 +197,52 @@ def test_cancelling_one_stream_leaves_the_others_alone(four):
 
 
 def test_a_tiny_context_ends_requests_with_length_never_an_error(dev_exe):
+    """Four requests share the one KV cache of 256 cells: together they never hold more.
+    When it is full, the request holding the most cells ends ("length", never an error)
+    and the others go on in the cells it freed, the last one to the end of the context."""
     s = start(dev_exe, "--parallel", "4", "--ctx-size", "256")
     try:
+        n_ctx = json.loads(urllib.request.urlopen(s.url + "/props", timeout=10).read())["n_ctx"]
+        assert n_ctx == 256
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=120)
-        results = {}
 
         def run(p):  # no max_tokens: each may fill the context on its own
             r = c.completions.create(model="stories260K", prompt=p, temperature=0)
             results[p] = (r.choices[0].finish_reason, r.usage.prompt_tokens, r.usage.completion_tokens)
 
-        threads = [threading.Thread(target=run, args=(p,)) for p in PROMPTS[:4]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert len(results) == 4, results  # no error (the client raises on any 4xx or 5xx)
+        # An embedding request (about a second) holds the worker while the four arrive, so
+        # that all four start in one step and then decode in lockstep, a token each per step.
+        # Who held how many cells when the first was cut off then follows from the replies.
+        # Should the embedding end before all four are queued, that proves nothing: again.
+        gate_input = ["the little dog ran to the park " * 20] * 16
+        for _attempt in range(3):
+            results, together = {}, False
+            gate = threading.Thread(target=c.embeddings.create,
+                                    kwargs=dict(model="stories260K", input=gate_input))  # fmt: skip
+            gate.start()
+            wait_for(lambda: health(s)["busy"], "the embedding to start")
+            threads = [threading.Thread(target=run, args=(p,)) for p in PROMPTS[:4]]
+            for t in threads:
+                t.start()
+            while gate.is_alive() and not together:
+                together = health(s)["queued"] == 4
+            for t in [gate, *threads]:
+                t.join(timeout=120)
+            assert len(results) == 4, results  # no error (the client raises on any 4xx or 5xx)
+            if together:
+                break
+        assert together, "the four requests never waited together for the worker"
         assert all(finish == "length" for finish, _, _ in results.values()), results
-        used = [p + n for _, p, n in results.values()]
-        assert any(u < 255 for u in used), results  # some ended early: there was no room in the cache
-        assert sum(used) <= 4 * 256
+        prompts = [p for _, p, _ in results.values()]
+        first_cut = min(n for _, _, n in results.values())
+        # When the first request was cut off, each of the four had decoded its prompt and all
+        # but the last of first_cut tokens (the last was sampled, never decoded).
+        held = sum(prompts) + 4 * (first_cut - 1)
+        assert held <= n_ctx, results  # never more cells at once than the one shared cache has
+        assert held + 4 > n_ctx, results  # and cut off only when the next 4 tokens did not fit
+        used = sorted(p + n for _, p, n in results.values())
+        assert used[0] < n_ctx, results  # some ended early: there was no room in the cache
+        assert used[-1] == n_ctx, results  # the last one alone got the whole cache: it is one, shared
         text, finish = ask(s, "The cat")  # and the server goes on as before
         assert text and finish == "length"
     finally:
@@ -280,17 +307,15 @@ def test_env_sets_the_slots_and_the_flag_beats_it(dev_exe):
 # -- the batch engine itself, in-process ----------------------------------------------
 @pytest.fixture(scope="module")
 def engine_parts(dev_exe):
-    from runtime import payload
-    from runtime.session import open_session
+    from runtime.bundle import payload
+    from runtime.llama.loading import open_engine
 
     bundle = payload.read_bundle(dev_exe.read_text().split("'")[1])
-    with open_session(bundle, resolve({}, environ={}), context=False) as (loaded, _):
-        yield loaded.model, loaded.n_threads
+    with open_engine(bundle, resolve({}, environ={})) as engine:
+        yield engine.model, engine.n_threads
 
 
 def _job(model, prompt, n, stop=()):
-    from runtime.worker import Job
-
     return Job("generate", model.tokenize(prompt), stop=list(stop), sampling=Sampling(temp=0), max_tokens=n)
 
 
@@ -323,7 +348,7 @@ def test_generated_text_leaves_control_tokens_out(engine_parts):
 
 def test_engine_reuses_the_longest_cached_prefix(engine_parts):
     model, threads = engine_parts
-    engine = BatchEngine(model, n_ctx=512, n_threads=threads, n_slots=2)
+    engine = Engine(model, n_ctx=512, n_threads=threads, n_slots=2)
     try:
         a, b = _job(model, "Once upon a time", 8), _job(model, "The big dog", 8)
         _run(engine, [a, b])
@@ -340,7 +365,7 @@ def test_engine_reuses_the_longest_cached_prefix(engine_parts):
 
 def test_engine_stop_strings_and_kv_pressure(engine_parts):
     model, threads = engine_parts
-    engine = BatchEngine(model, n_ctx=256, n_threads=threads, n_slots=3)
+    engine = Engine(model, n_ctx=256, n_threads=threads, n_slots=3)
     try:
         full = _run(engine, [_job(model, "Once upon a time", 40)])[0]
         word = full.split()[5]

@@ -30,6 +30,7 @@ def bench_modules():
     sys.path.remove(str(BENCH))
 
 
+@pytest.mark.e2e  # loads stories260K's vocabulary into llama.cpp
 def test_prompts_have_exact_token_counts_and_differ_from_the_first_word(bench_modules, model):
     from prompts import Prompts, Tokenizer
 

@@ -61,7 +61,6 @@ def test_cli_chat_transcript(bundle):
     assert proc.stderr.count("no chat template") == 1
 
 
-
 def test_cli_ends_on_end_of_input(bundle):
     proc = run_exe(bundle, "--cli", "--temp", "0", "-n", "8", input="")
     assert proc.returncode == 0 and proc.stdout == "> \n"

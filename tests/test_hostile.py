@@ -15,8 +15,25 @@ from conftest import Served
 pytestmark = pytest.mark.e2e
 
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
-FIELDS = ["model", "messages", "prompt", "input", "max_tokens", "temperature", "top_p", "top_k", "seed",
-          "stop", "n", "stream", "stream_options", "encoding_format", "echo", "min_p", "repeat_penalty"]
+FIELDS = [
+    "model",
+    "messages",
+    "prompt",
+    "input",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "encoding_format",
+    "echo",
+    "min_p",
+    "repeat_penalty",
+]
 ANY = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
     | st.text(max_size=20),
@@ -26,8 +43,9 @@ ANY = st.recursive(
 MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot", 3]),
                                            "content": ANY | st.text(max_size=30)}), max_size=3)  # fmt: skip
 BODIES = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=10), ANY, max_size=6) | (
-    st.fixed_dictionaries({"messages": MESSAGES, "max_tokens": st.integers(-5, 2**40) | ANY},
-                          optional={"prompt": ANY})  # fmt: skip
+    st.fixed_dictionaries(
+        {"messages": MESSAGES, "max_tokens": st.integers(-5, 2**40) | ANY}, optional={"prompt": ANY}
+    )  # fmt: skip
 )
 
 

@@ -230,7 +230,7 @@ def test_pack_round_trips_through_the_launcher_format(tmp_path):
 def test_windows_stubs_get_a_relocated_pyinstaller_cookie(tmp_path):
     """PyInstaller onefile stubs (Windows) scan back from the end of the file for their
     archive's cookie: the bundle's tail carries a copy whose archive start is unchanged."""
-    from bundler.launcher import COOKIE, COOKIE_MAGIC, cookie_tail
+    from bundler.onefile_cookie import COOKIE, COOKIE_MAGIC, cookie_tail
 
     archive = b"A" * 1000
     cookie = COOKIE.pack(COOKIE_MAGIC, len(archive) + COOKIE.size, 10, 20, 311, b"python3.dll")

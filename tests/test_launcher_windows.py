@@ -5,6 +5,7 @@ made by bundler.native's real ``assemble`` for target "windows"."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, shared_lock
 from runtime.bundle import payload
 
 pytestmark = pytest.mark.e2e
@@ -115,22 +116,27 @@ class Wine:
 
 
 @pytest.fixture(scope="module")
-def wine(tmp_path_factory):
+def wine(tmp_path_factory, request):
     if not (shutil.which("wine") and shutil.which("wineserver") and shutil.which("winepath")):
         pytest.skip("wine is not installed (apt-get install wine wine64)")
     # A developer may keep a prefix between runs (making one takes ~15 s); CI makes a fresh one.
-    prefix = Path(os.environ.get("LLAMABUNDLE_TEST_WINEPREFIX") or tmp_path_factory.mktemp("wine"))
-    w = Wine(prefix)
-    if not (prefix / "system.reg").exists():
-        w.call("wine", "wineboot", "--init", timeout=300)
-        w.call("wine", "reg", "add", r"HKCU\Software\Wine", "/v", "Version", "/d", "win10", "/f")
-    subprocess.run(["wineserver", "-p"], env=w.env, check=True)  # stays up: each start is then fast
-    # The first program of a Wine session starts Wine's own services, which keep its standard
-    # streams open while the server runs: they get /dev/null, never a test's pipes.
-    subprocess.run(["wine", "cmd", "/c", "exit"], env=w.env, stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
-    yield w
-    subprocess.run(["wineserver", "-k"], env=w.env)
+    kept = os.environ.get("LLAMABUNDLE_TEST_WINEPREFIX")
+    prefix = Path(kept or tmp_path_factory.mktemp("wine"))
+    # A kept prefix is one test run's at a time: another would see it half made, and the
+    # `wineserver -k` at the end would stop the wineserver of the other run's tests.
+    lock = shared_lock(prefix.with_name(prefix.name + ".lock"), "Wine prefix", request.config)
+    with lock if kept else contextlib.nullcontext():
+        w = Wine(prefix)
+        if not (prefix / "system.reg").exists():
+            w.call("wine", "wineboot", "--init", timeout=300)
+            w.call("wine", "reg", "add", r"HKCU\Software\Wine", "/v", "Version", "/d", "win10", "/f")
+        subprocess.run(["wineserver", "-p"], env=w.env, check=True)  # stays up: each start is then fast
+        # The first program of a Wine session starts Wine's own services, which keep its standard
+        # streams open while the server runs: they get /dev/null, never a test's pipes.
+        subprocess.run(["wine", "cmd", "/c", "exit"], env=w.env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
+        yield w
+        subprocess.run(["wineserver", "-k"], env=w.env)
 
 
 @pytest.fixture(scope="module")

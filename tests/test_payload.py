@@ -63,8 +63,12 @@ def _rewrite_manifest(path, change):
     manifest = change(json.loads(data[m_off : m_off + m_len]))
     raw = payload.encode_manifest(manifest)
     tail_bytes = bytes(data[m_off + m_len : m_off + m_len + tail])
-    path.write_bytes(bytes(data[:m_off]) + raw + tail_bytes
-                     + payload.encode_trailer(b.payload_start, m_off, raw, tail_bytes))
+    path.write_bytes(
+        bytes(data[:m_off])
+        + raw
+        + tail_bytes
+        + payload.encode_trailer(b.payload_start, m_off, raw, tail_bytes)
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,7 +76,7 @@ def _rewrite_manifest(path, change):
     [
         (lambda d: d[: len(d) // 2], "no llamabundle payload"),
         (lambda d: d[:-1], "no llamabundle payload"),
-        (lambda d: d[:-payload.TRAILER.size - 3] + d[-payload.TRAILER.size :], "damaged payload trailer"),
+        (lambda d: d[: -payload.TRAILER.size - 3] + d[-payload.TRAILER.size :], "damaged payload trailer"),
         (lambda d: b"x" * 10, "no llamabundle payload"),
     ],
 )

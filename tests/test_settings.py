@@ -42,8 +42,10 @@ def test_context_plan_shrinks_to_fit_and_refuses_when_nothing_fits():
     from runtime.errors import ResourceError
     from runtime.llama.memory import OVERHEAD, kv_cache_bytes, plan_context
 
-    gguf = {"context_length": 8192,
-            "shape": {"block_count": 32, "head_count": 32, "head_count_kv": 8, "embedding_length": 4096}}
+    gguf = {
+        "context_length": 8192,
+        "shape": {"block_count": 32, "head_count": 32, "head_count_kv": 8, "embedding_length": 4096},
+    }
     model = {"name": "m.gguf", "size": 4 << 30, "gguf": gguf}
     assert kv_cache_bytes(gguf, 4096) == 4096 * 32 * 8 * 256 * 2  # llama-3-8B-like: 512 MiB
     roomy = model["size"] + kv_cache_bytes(gguf, 4096) + OVERHEAD

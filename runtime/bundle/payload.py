@@ -252,8 +252,10 @@ def _check_layout(manifest: dict, name: str, start: int, m_off: int) -> None:
         raise PayloadError(f"{name} has a damaged manifest (bad model header size)")
     if storage == "split":
         parts = model["parts"]
-        if not isinstance(parts, list) or not parts or not all(
-            isinstance(p, dict) and all(k in p for k in PART_KEYS) for p in parts
+        if (
+            not isinstance(parts, list)
+            or not parts
+            or not all(isinstance(p, dict) and all(k in p for k in PART_KEYS) for p in parts)
         ):
             raise PayloadError(f"{name} has a damaged manifest (bad list of model parts)")
     elif off % MODEL_ALIGNMENT or off < start or off + stored > m_off or stored <= 0:

@@ -49,8 +49,7 @@ def show_info(bundle, settings, *, as_json: bool, verbose: bool = False) -> int:
     lines = [
         f"Bundle    {bundle.path} ({_mib(bundle.file_size)})",
         f"  build   llamabundle {m['build']['llamabundle']}, build id {m['build']['build_id']}",
-        f"  stub    {m['stub']['os']}-{m['stub']['arch']} ({m['stub']['format']}, "
-        f"{_mib(m['stub']['size'])})",
+        f"  stub    {m['stub']['os']}-{m['stub']['arch']} ({m['stub']['format']}, {_mib(m['stub']['size'])})",
         f"Model     {model['name']} ({_mib(model['size'])}, sha256 {model['sha256'][:16]}...)",
         f"  arch    {g.get('architecture', '?')}, {g.get('parameters', 0):,} parameters, "
         f"{g.get('file_type', '?')}",

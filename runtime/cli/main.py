@@ -141,9 +141,7 @@ def run(args, prog: str) -> int:
     from ..settings import resolve
 
     flags = {k: v for k, v in vars(args).items() if v is not None and k in _SETTING_FLAGS}
-    settings = resolve(
-        flags, baked=bundle.settings, model_meta=bundle.model["gguf"].get("metadata", {})
-    )
+    settings = resolve(flags, baked=bundle.settings, model_meta=bundle.model["gguf"].get("metadata", {}))
     if args.info:
         from .info import show_info
 

@@ -189,9 +189,7 @@ def devices() -> list[dict]:
                 "type": _DEV_TYPES.get(lib.ggml_backend_dev_type(dev), "other"),
                 "memory_total": total.value,
                 "memory_free": free.value,
-                "backend": (
-                    lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)) or b""
-                ).decode(),
+                "backend": (lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)) or b"").decode(),
             }
         )
     return out

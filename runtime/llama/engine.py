@@ -266,4 +266,3 @@ class Engine:
         slot.last_used = self.clock
         # The slot is free before the client hears it is done: /health agrees with the reply.
         job.events.put(("error", error) if error is not None else ("done", stats))
-
