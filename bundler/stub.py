@@ -33,8 +33,9 @@ STUB_NAME = RUNTIME_EXE
 SOURCE_DIRS = ("runtime", "templates")
 BUILD_FILES = ("bundler/stub.py", "bundler/native.py")  # how the stub is made is part of its key
 # What llama_cpp's package __init__ and its high-level API would drag in: the runtime
-# drives the C API only (runtime/llama/backend.py), so none of it is ever imported.
-EXCLUDES = ("llama_cpp.llama", "llama_cpp.llama_chat_format", "llama_cpp.llama_grammar",
+# drives the C API only (runtime/llama/backend.py), so none of it is ever imported. One
+# pure-Python module is kept: llama_grammar, the JSON-schema-to-grammar converter.
+EXCLUDES = ("llama_cpp.llama", "llama_cpp.llama_chat_format",
             "llama_cpp.llama_cache", "llama_cpp.llama_tokenizer", "llama_cpp.llama_speculative",
             "llama_cpp.llama_types", "llama_cpp.llava_cpp", "llama_cpp.mtmd_cpp", "llama_cpp.server",
             "llama_cpp._internals", "llama_cpp._utils", "numpy", "pydantic", "pydantic_core",
@@ -155,7 +156,8 @@ def pyinstaller_args(
         "--onedir" if onedir else "--onefile", "--noconfirm", "--clean", "--log-level", "WARN",
         "--name", STUB_NAME, "--distpath", path(tmp / "dist"), "--workpath", path(tmp / "work"),
         "--specpath", path(tmp), "--paths", path(root),
-        "--hidden-import", "llama_cpp.llama_cpp", "--hidden-import", "zstandard",
+        "--hidden-import", "llama_cpp.llama_cpp", "--hidden-import", "llama_cpp.llama_grammar",
+        "--hidden-import", "zstandard",
         "--copy-metadata", "llama_cpp_python",
     ]  # fmt: skip
     for name in EXCLUDES:

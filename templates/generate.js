@@ -3,6 +3,7 @@ import { errorMessage, postChat, readEvents } from './api.js';
 import { askKey, refusedMessage } from './keyform.js';
 import { LiveMarkdown } from './markdown-dom.js';
 import { ensureProps } from './props.js';
+import { LiveThinking, pieces } from './reasoning.js';
 import { renderSidebar } from './sidebar.js';
 import { state, systemOf } from './state.js';
 import { saveConv } from './store.js';
@@ -15,6 +16,7 @@ const whenAborted = (signal) => new Promise((resolve) => {
   else signal.addEventListener('abort', resolve, { once: true });
 });
 
+// Only role and content go back to the server (a reply's reasoning stays on the page).
 function requestMessages(c) {
   const messages = [], system = systemOf(c);
   if (system.trim()) messages.push({ role: 'system', content: system });
@@ -32,10 +34,11 @@ export async function generate() {
   renderMessages();
   const live = messageNode(reply, ' streaming');
   const md = new LiveMarkdown(live.querySelector('.content'));
+  const thinking = new LiveThinking(live);
   el.messages.append(live);
   scrollToEnd();
 
-  let t0 = 0, pieces = 0, usage = null, timings = null, finish = null;
+  let t0 = 0, count = 0, usage = null, timings = null, finish = null;
   let error = null, stopped = false, needKey = false, painting = false;
   const paint = () => {
     if (painting) return;
@@ -43,6 +46,7 @@ export async function generate() {
     requestAnimationFrame(() => {
       painting = false;
       const stick = nearBottom();
+      thinking.render();
       md.render(); // only the block still open is rebuilt
       if (stick) scrollToEnd();
     });
@@ -60,13 +64,20 @@ export async function generate() {
       await readEvents(res.body, (d) => {
         if (d.error) { error = d.error.message || String(d.error); return; }
         const choice = d.choices?.[0];
-        const piece = choice?.delta?.content;
-        if (piece) {
+        const { content, reasoning } = pieces(choice?.delta);
+        if (content || reasoning) {
           if (!t0) t0 = performance.now();
-          pieces++;
-          reply.content += piece;
-          md.append(piece);
+          count++;
           paint();
+        }
+        if (reasoning) {
+          reply.reasoning = (reply.reasoning || '') + reasoning;
+          thinking.append(reasoning);
+        }
+        if (content) {
+          reply.content += content;
+          md.append(content);
+          thinking.end();
         }
         if (choice?.finish_reason) finish = choice.finish_reason;
         if (d.usage) usage = d.usage;
@@ -82,11 +93,13 @@ export async function generate() {
 
   state.gen = null;
   live.classList.remove('streaming');
+  thinking.render();
+  thinking.end();
   md.render();
-  if (reply.content || (!stopped && !error && !needKey)) {
+  if (reply.content || reply.reasoning || (!stopped && !error && !needKey)) {
     reply.finish = stopped ? 'stopped' : finish;
     if (usage) reply.usage = { completion_tokens: usage.completion_tokens, total_tokens: usage.total_tokens };
-    const tokens = usage?.completion_tokens ?? pieces;
+    const tokens = usage?.completion_tokens ?? count;
     const tps = timings?.predicted_per_second ?? (seconds > 0 && tokens ? tokens / seconds : null);
     if (tps && Number.isFinite(tps)) reply.tps = tps;
     c.messages.push(reply);

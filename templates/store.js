@@ -1,9 +1,13 @@
-// Saved conversations and settings, in this browser's localStorage only.
+// Saved conversations and settings, in this browser's localStorage only. A conversation
+// is { id, title, system, messages: [{ role, content, ... }], updated }; an assistant
+// message may keep its model's thinking as `reasoning` (shown, never sent back).
 export const PREFIX = 'llamabundle.';
 
 export const store = {
   get(k) { try { return localStorage.getItem(PREFIX + k); } catch { return null; } },
-  set(k, v) { try { localStorage.setItem(PREFIX + k, v); } catch { /* full or disabled */ } },
+  set(k, v) { // false when the storage is full or disabled
+    try { localStorage.setItem(PREFIX + k, v); return true; } catch { return false; }
+  },
   del(k) { try { localStorage.removeItem(PREFIX + k); } catch { /* disabled */ } },
 };
 
@@ -23,7 +27,10 @@ export function saveConv(c, touch = true) {
   if (!c.messages.length) { store.del(`conv.${c.id}`); return; }
   if (touch) c.updated = Date.now();
   c.title = titleOf(c);
-  store.set(`conv.${c.id}`, JSON.stringify(c));
+  // Long reasoning may not fit in the storage left: the chat is then saved without it.
+  if (!store.set(`conv.${c.id}`, JSON.stringify(c))) {
+    store.set(`conv.${c.id}`, JSON.stringify(c, (k, v) => (k === 'reasoning' ? undefined : v)));
+  }
 }
 
 export function parseConv(text) {

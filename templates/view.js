@@ -1,6 +1,7 @@
 // The page's elements and the conversation view: messages, their buttons, usage figures.
 import { fmt, h, icon, lastIndex } from './dom.js';
 import { renderMarkdown } from './markdown-dom.js';
+import { thinkingNode } from './reasoning.js';
 import { state } from './state.js';
 
 const $ = (id) => document.getElementById(id);
@@ -34,7 +35,8 @@ export function messageNode(m, extra = '') {
   const content = h('div', { class: 'content' });
   if (role === 'assistant') renderMarkdown(content, m.content);
   else content.textContent = m.content;
-  const node = h('div', { class: `msg ${role}${extra}` }, content);
+  const thought = role === 'assistant' && typeof m.reasoning === 'string' && m.reasoning; // folded away, above
+  const node = h('div', { class: `msg ${role}${extra}` }, thought ? thinkingNode(thought) : null, content);
   nodes.set(m, node);
   return node;
 }

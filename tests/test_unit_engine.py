@@ -9,7 +9,8 @@ from fakellama import EOG, FILLER, FILLER_PIECE, FakeLlama, FakeModel, Interrupt
 
 from runtime.errors import ContextError, ModelError
 from runtime.llama.engine import Engine
-from runtime.llama.job import Job, Sampling, make_sampler
+from runtime.llama.job import Job, Sampling
+from runtime.llama.sampler import make_chain
 from runtime.llama.slots import GEN, IDLE, PROMPT, Slot, pick
 
 GREEDY = Sampling(temp=0)
@@ -46,7 +47,7 @@ def run(engine, C, *jobs, limit=500):
 
 
 def ended(j) -> bool:
-    return any(tag in ("done", "error") for tag, _ in list(j.events.queue))
+    return any(e[0] in ("done", "error") for e in list(j.events.queue))
 
 
 def events(j) -> list:
@@ -57,7 +58,7 @@ def events(j) -> list:
 
 
 def pieces(j) -> list[str]:
-    return [v for tag, v in list(j.events.queue) if tag == "piece"]
+    return [e[1] for e in list(j.events.queue) if e[0] == "piece"]
 
 
 def text(j) -> str:
@@ -94,7 +95,7 @@ def test_a_job_that_does_not_stream_gets_its_text_in_one_piece():
     j = job([11, 12, 13], stream=False)
     engine.add(j)
     run(engine, C, j)
-    assert events(j) == [("piece", "Hello, world"), ("done", j.stats)]
+    assert events(j) == [("piece", "Hello, world", []), ("done", j.stats)]
     assert j.stats.completion_tokens == 3
 
 
@@ -114,7 +115,7 @@ def test_max_tokens_zero_is_length_with_no_text_and_no_decode():
     model.chain(13, [b"Hello"])
     j = job([11, 12, 13], max_tokens=0)
     assert engine.add(j)
-    assert [tag for tag, _ in events(j)] == ["done"]
+    assert [e[0] for e in events(j)] == ["done"]
     assert (j.stats.finish_reason, j.stats.completion_tokens, j.stats.prompt_tokens) == ("length", 0, 3)
     assert not engine.step() and C.decodes == []
     assert engine.slots[0].state == IDLE and not C.live_samplers
@@ -155,10 +156,10 @@ def test_context_smaller_than_the_batch_never_overflows_it():
 
 
 @pytest.mark.parametrize("temp", [0.0, 0.7])
-def test_make_sampler_builds_llama_cpp_s_chain(temp):
+def test_make_chain_builds_llama_cpp_s_chain(temp):
     C = FakeLlama()
     s = Sampling(temp=temp, top_k=40, top_p=0.9, min_p=0.05, repeat_penalty=1.1, seed=7)
-    chain = make_sampler(C, 1000, s)
+    chain = make_chain(C, 1000, s, {})
     kinds = [x.kind for x in chain.chain]
     if temp == 0:
         assert kinds == ["penalties", "greedy"]

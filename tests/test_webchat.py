@@ -328,3 +328,132 @@ def test_api_key_form(page, server):
     assert page.evaluate("() => localStorage.getItem('llamabundle.apiKey')") == "sesame"
     _ask_and_stop(page, "Once upon a time", 10)  # the chat request carries the key too
     assert page.locator("#messages .msg.error").count() == 0
+
+
+THINKING = "The user greets me. **Be friendly.**\n\n- say hello\n- ask back\n\n<script>alert(1)</script>\n"
+ANSWER = "Hello! How are *you*?"
+
+
+def _reasoning_sse() -> str:
+    """A reasoning model's stream, as llama-server sends it: the thinking as
+    ``reasoning_content`` deltas, then the reply as ``content`` deltas."""
+    first = {"role": "assistant", "content": None}
+    deltas = [first] + [{"reasoning_content": THINKING[i : i + 6]} for i in range(0, len(THINKING), 6)]
+    deltas += [{"content": ANSWER[i : i + 4]} for i in range(0, len(ANSWER), 4)]
+    events = [{"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
+def _thinking(page) -> list:
+    """Each assistant message's disclosure: (its summary, open, its body's text)."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('#messages .msg.assistant')].map((m) => {
+          const d = m.querySelector(':scope > details.thinking');
+          return d && [d.querySelector(':scope > summary').textContent, d.open,
+                       d.querySelector(':scope > .thinking-body').textContent];
+        })"""
+    )
+
+
+def test_reasoning_is_folded_away_and_not_sent_back(page):
+    """A reasoning model's thinking (``reasoning_content``, from a route standing in for the
+    server) shows in a closed "Thinking" disclosure above the reply, is saved with the
+    chat, and is not sent back with the next message."""
+    bodies = []
+
+    def handle(route):
+        bodies.append(route.request.post_data_json)
+        route.fulfill(status=200, content_type="text/event-stream", body=_reasoning_sse())
+
+    page.route(f"**{CHAT}", handle)
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    page.fill("#prompt", "Hi there")
+    page.keyboard.press("Enter")
+    _wait(lambda: not _busy(page) and page.locator("#messages .msg.assistant .meta").count() == 1)
+    assert _reply_text(page) == "Hello! How are you?"
+    assert page.text_content("#messages .msg.assistant .content em") == "you"
+    shown = "The user greets me. Be friendly.say helloask back<script>alert(1)</script>"
+    assert _thinking(page) == [["Thinking", False, shown]]
+    body = "#messages .msg.assistant .thinking-body"
+    assert page.is_hidden(body), "the thinking is shown before it is opened"
+    assert page.locator(f"{body} script, #messages script").count() == 0
+    page.click("#messages .msg.assistant details.thinking > summary")
+    assert _thinking(page) == [["Thinking", True, shown]]
+    assert page.is_visible(body)
+    assert page.text_content(f"{body} strong") == "Be friendly."
+    assert page.locator(f"{body} li").all_text_contents() == ["say hello", "ask back"]
+
+    page.fill("#prompt", "Fine, thanks")
+    page.keyboard.press("Enter")
+    _wait(lambda: not _busy(page) and page.locator("#messages .msg.assistant .meta").count() == 2)
+    assert len(bodies) == 2, bodies
+    assert bodies[1]["messages"][-3:] == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": ANSWER},
+        {"role": "user", "content": "Fine, thanks"},
+    ], bodies[1]
+    assert "reasoning" not in json.dumps(bodies[1]) and "greets" not in json.dumps(bodies[1])
+    assert _thinking(page) == [["Thinking", True, shown], ["Thinking", False, shown]]
+
+    page.reload()  # the saved chat keeps the thinking, folded away again
+    _wait(lambda: page.locator("#messages .msg.assistant").count() == 2)
+    assert _thinking(page) == [["Thinking", False, shown], ["Thinking", False, shown]]
+    assert _reply_text(page) == "Hello! How are you?"
+    saved = page.evaluate(
+        "() => JSON.parse(localStorage.getItem("
+        "'llamabundle.conv.' + localStorage.getItem('llamabundle.current')))"
+    )
+    assert [m.get("reasoning") for m in saved["messages"]] == [None, THINKING, None, THINKING]
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    page.click("#messages .msg.assistant .regenerate")  # regenerating works on the reply alone
+    _wait(lambda: len(bodies) == 3 and not _busy(page))
+    assert bodies[2]["messages"][-1] == {"role": "user", "content": "Fine, thanks"}, bodies[2]
+    assert "reasoning" not in json.dumps(bodies[2])
+    assert page.locator("#messages .msg.assistant").count() == 2
+    assert _thinking(page)[-1] == ["Thinking", False, shown]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.click("#messages .msg.assistant details.thinking > summary")
+    page.screenshot(path=str(ARTIFACTS / "webchat-thinking.png"))
+    assert page.errors == [], page.errors
+
+
+def test_thinking_label_while_reasoning_streams(page):
+    """While only reasoning has arrived the disclosure says "Thinking…" (closed, and the
+    user can open it); once the reply begins it says "Thinking"."""
+    events = [{"choices": [{"index": 0, "delta": {"reasoning_content": "Hmm, let me see"}}]}]
+    head = "".join(f"data: {json.dumps(e)}\n\n" for e in events)
+    # route.fulfill() sends a body whole; this stream is held open after the reasoning
+    # (by a stand-in for fetch) until the test sends the rest.
+    page.evaluate(
+        """(head) => {
+          const real = window.fetch;
+          window.fetch = (url, opts) => {
+            if (!String(url).endsWith('/v1/chat/completions')) return real(url, opts);
+            const enc = new TextEncoder();
+            const body = new ReadableStream({
+              start(c) {
+                c.enqueue(enc.encode(head));
+                window.__finish = (tail) => { c.enqueue(enc.encode(tail)); c.close(); };
+              },
+            });
+            const headers = { 'Content-Type': 'text/event-stream' };
+            return Promise.resolve(new Response(body, { status: 200, headers }));
+          };
+        }""",
+        head,
+    )
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    page.fill("#prompt", "Think first")
+    page.keyboard.press("Enter")
+    _wait(lambda: _thinking(page) == [["Thinking\u2026", False, "Hmm, let me see"]])
+    assert _busy(page)
+    page.click("#messages .msg.assistant details.thinking > summary")  # opened mid-stream
+    assert _thinking(page) == [["Thinking\u2026", True, "Hmm, let me see"]]
+    tail = [{"choices": [{"index": 0, "delta": {"reasoning_content": "."}}]},
+            {"choices": [{"index": 0, "delta": {"content": "Done."}, "finish_reason": "stop"}]}]  # fmt: skip
+    page.evaluate("(tail) => window.__finish(tail)", "".join(f"data: {json.dumps(e)}\n\n" for e in tail))
+    _wait(lambda: not _busy(page))
+    assert _thinking(page) == [["Thinking", True, "Hmm, let me see."]]  # still open: the user opened it
+    assert _reply_text(page) == "Done."
+    assert page.errors == [], page.errors

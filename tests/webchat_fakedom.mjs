@@ -53,6 +53,12 @@ export class FakeElement {
     }
   }
 
+  prepend(...nodes) {
+    const rest = [...this.childNodes];
+    for (const n of rest) detach(n);
+    this.append(...nodes, ...rest);
+  }
+
   remove() {
     detach(this);
   }

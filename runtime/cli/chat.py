@@ -23,6 +23,7 @@ def run_cli(
     system: str,
     title: str,
     greeting: str = "",
+    grammar: str | None = None,
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
@@ -70,7 +71,8 @@ def run_cli(
         try:
             prompt = formatter.render(messages)
             tokens = engine.model.tokenize(prompt.text, add_special=prompt.add_special)
-            job = Job("generate", tokens, stop=prompt.stop, sampling=sampling, max_tokens=max_tokens)
+            job = Job("generate", tokens, stop=prompt.stop, sampling=sampling, max_tokens=max_tokens,
+                      grammar=grammar)  # fmt: skip
             for piece in engine.generate(job):
                 reply.append(piece)
                 stdout.write(piece)

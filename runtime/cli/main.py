@@ -21,7 +21,8 @@ BUNDLE_ENV = "LLAMABUNDLE_BUNDLE"  # run the runtime on a bundle file without fr
 EXAMPLES = """examples:
   %(prog)s                                        open the web chat in your browser
   %(prog)s --server --port 8080                   serve the OpenAI-compatible API (and the page)
-  %(prog)s -p "Once upon a time" -n 64 --temp 0   print a completion
+  %(prog)s -p "Why is the sky blue?"              answer once (a chat turn; --raw: plain text)
+  %(prog)s -p "A user" --json-schema user.json    answer with JSON that matches the schema
   %(prog)s --cli                                  chat in the terminal
   %(prog)s --info                                 what is inside, and what hardware was found
   %(prog)s --info --json                          the same, as JSON
@@ -74,6 +75,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    "$LLAMABUNDLE_CACHE or ~/.cache/llamabundle)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's own logs")
     p.add_argument("--timings", action="store_true", help="with -p: print speed figures on stderr")
+    out = p.add_argument_group("output (with -p and --cli)")
+    out.add_argument("--raw", action="store_true",
+                     help="with -p: continue PROMPT as plain text, not as a chat turn")  # fmt: skip
+    out.add_argument("--json-schema", metavar="FILE|JSON",
+                     help="answer with JSON that matches this schema (a file, or the schema)")  # fmt: skip
+    out.add_argument("--grammar", metavar="FILE", help="answer in this GBNF grammar (llama.cpp's format)")
     return p
 
 
@@ -155,22 +162,31 @@ def run(args, prog: str) -> int:
                      cache_dir=args.cache_dir)  # fmt: skip
     from ..llama.job import Sampling
     from ..llama.loading import open_engine
+    from .complete import complete, grammar_from
 
+    if args.raw and args.prompt is None:
+        raise UsageError("--raw goes with -p")
+    grammar = grammar_from(args.json_schema, args.grammar)  # bad ones are refused before loading
     sampling = Sampling.from_settings(settings)
     with open_engine(bundle, settings, verbose=args.verbose, cache_dir=args.cache_dir) as engine:
-        if args.prompt is not None:
-            return _complete(engine, sampling, args.prompt, settings["n_predict"], args.timings)
         from ..llama.templates import Formatter
+
+        formatter = Formatter(engine.model, settings["chat_template"] or None)
+        if args.prompt is not None:
+            return complete(engine, formatter, sampling, args.prompt, raw=args.raw,
+                            system=settings["system"], max_tokens=settings["n_predict"],
+                            grammar=grammar, timings=args.timings)  # fmt: skip
         from .chat import run_cli
 
         return run_cli(
             engine,
-            Formatter(engine.model, settings["chat_template"] or None),
+            formatter,
             sampling,
             max_tokens=settings["n_predict"],
             system=settings["system"],
             title=settings["name"] or bundle.model["name"],
             greeting=settings["greeting"],
+            grammar=grammar,
         )
 
 
@@ -178,28 +194,6 @@ _SETTING_FLAGS = {
     "n_predict", "temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed",
     "ctx_size", "threads", "gpu_layers", "parallel", "system", "host", "port", "api_key",
 }  # fmt: skip
-
-
-def _complete(engine, sampling, prompt: str, n_predict: int, timings: bool) -> int:
-    from ..llama.job import Job
-
-    job = Job("generate", engine.model.tokenize(prompt), sampling=sampling, max_tokens=n_predict)
-    for piece in engine.generate(job):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    stats = job.stats
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    if timings:
-        pp, tg = stats.prompt_seconds, stats.generation_seconds
-        print(
-            f"timings: prompt {stats.prompt_tokens} tokens in {pp * 1e3:.1f} ms "
-            f"({stats.prompt_tokens / pp if pp else 0:.1f} t/s); generated "
-            f"{stats.completion_tokens} tokens in {tg * 1e3:.1f} ms "
-            f"({stats.completion_tokens / tg if tg else 0:.1f} t/s)",
-            file=sys.stderr,
-        )
-    return 0
 
 
 def _verify(bundle, prog: str) -> int:

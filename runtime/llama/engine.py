@@ -18,8 +18,9 @@ import time
 from collections.abc import Iterator
 
 from ..errors import ModelError, UsageError, check_prompt
-from .job import Job, make_sampler
+from .job import Job
 from .model import Model, new_context
+from .sampler import Sampler, logprobs
 from .slots import GEN, IDLE, PROMPT, Slot, pick
 
 NO_KV_ROOM = 1  # llama_decode: no room in the KV cache for the batch (the cache is left as it was)
@@ -77,6 +78,11 @@ class Engine:
             job.events.put(("error", e))
             return True
         C = self.C
+        try:
+            sampler = Sampler(C, self.model, job)  # an invalid grammar is the request's error
+        except UsageError as e:
+            job.events.put(("error", e))
+            return True
         if keep and C.llama_memory_seq_pos_min(self.mem, best.seq) > 0:
             keep = 0  # the start of the sequence left the cache (sliding-window attention)
         if not C.llama_memory_seq_rm(self.mem, best.seq, keep, -1):
@@ -84,7 +90,7 @@ class Engine:
             C.llama_memory_seq_rm(self.mem, best.seq, -1, -1)
         del best.cached[keep:]
         self.clock += 1
-        best.take(job, keep, self.clock, make_sampler(C, self.model.n_vocab, job.sampling))
+        best.take(job, keep, self.clock, sampler)
         job.stats.prompt_tokens, job.stats.cached_tokens = len(tokens), keep
         if job.max_tokens == 0:
             self._finish(best, "length")
@@ -101,9 +107,10 @@ class Engine:
         try:
             while True:
                 while not job.events.empty():
-                    tag, value = job.events.get_nowait()
+                    tag, value, *_ = job.events.get_nowait()
                     if tag == "piece":
-                        yield value
+                        if value:
+                            yield value
                     elif tag == "error":
                         finished = True
                         raise value
@@ -215,12 +222,14 @@ class Engine:
         slot.cached = []
 
     def _sample(self, slot: Slot, row: int) -> None:
-        token = self.C.llama_sampler_sample(slot.sampler, self.ptr, row)
+        token = slot.sampler.sample(self.ptr, row)
         if token not in self._pieces:
             self._pieces[token] = None if self.model.is_eog(token) else self.model.piece(token)
         piece = self._pieces[token]
         if piece is None:
             return self._finish(slot, "stop")
+        if slot.job.logprobs is not None:
+            slot.probs.append(logprobs(self.C, self.model, self.ptr, row, token, slot.job.logprobs))
         slot.n_gen += 1
         slot.job.stats.completion_tokens = slot.n_gen
         text = slot.utf8.decode(piece)
@@ -236,10 +245,12 @@ class Engine:
         slot.last = token
 
     def _emit(self, slot: Slot, text: str) -> None:
+        probs, slot.probs = slot.probs, []
         if slot.job.stream:
-            slot.job.events.put(("piece", text))
+            slot.job.events.put(("piece", text, probs))
         else:
             slot.text.append(text)
+            slot.all_probs += probs
 
     def _finish(self, slot: Slot, reason: str, error: Exception | None = None) -> None:
         job, now = slot.job, time.perf_counter()
@@ -252,15 +263,21 @@ class Engine:
                 out += slot.stops.flush()
             if out:
                 self._emit(slot, out)
-        if slot.text:
-            job.events.put(("piece", "".join(slot.text)))
+        if slot.probs:  # tokens whose text never showed (held back, or part of a stop string)
+            if job.stream:
+                job.events.put(("piece", "", slot.probs))
+            else:
+                slot.all_probs += slot.probs
+            slot.probs = []
+        if slot.text or slot.all_probs:
+            job.events.put(("piece", "".join(slot.text), slot.all_probs))
         if slot.state == PROMPT:
             stats.prompt_seconds = now - slot.t0
         else:
             stats.generation_seconds = now - slot.t1
         stats.finish_reason = "stop" if reason == "error" else reason
         self.generated_tokens += stats.completion_tokens
-        self.C.llama_sampler_free(slot.sampler)
+        slot.sampler.close()
         slot.job, slot.sampler, slot.state = None, None, IDLE
         self.clock += 1
         slot.last_used = self.clock

@@ -35,6 +35,8 @@ class Slot:
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span tokens
         self.stops = StopStrings(job.stop)
         self.text: list[str] = []  # what a job that does not stream has generated so far
+        self.probs: list[dict] = []  # log-probabilities of tokens whose text is not out yet
+        self.all_probs: list[dict] = []  # a job that does not stream: all of them
         self.t0 = self.t1 = time.perf_counter()
 
 

@@ -1,9 +1,8 @@
 """Stop strings over streamed text.
 
-Generated text arrives piece by piece, and a stop string may span pieces, so the
-last few characters (as many as the longest stop string) are held back until it
-is clear they do not start one. Neither the stop string nor what follows it is
-ever shown.
+Generated text arrives piece by piece, and a stop string may span pieces, so a
+tail that could be the start of one is held back until it is clear it is not.
+Neither the stop string nor what follows it is ever shown.
 """
 
 from __future__ import annotations
@@ -27,12 +26,18 @@ class StopStrings:
         if hits:
             self.hit, self.held = True, ""
             return held[: min(hits)]
-        cut = len(held) - self.longest
-        if cut > 0:
-            self.held = held[cut:]
-            return held[:cut]
-        self.held = held
-        return ""
+        keep = self._partial(held)
+        self.held = held[len(held) - keep :]
+        return held[: len(held) - keep]
+
+    def _partial(self, text: str) -> int:
+        """The longest tail of ``text`` that could still grow into a stop string: only that
+        is held back, so text streams as it comes unless it may be the start of one."""
+        for n in range(min(self.longest - 1, len(text)), 0, -1):
+            tail = text[-n:]
+            if any(s.startswith(tail) for s in self.stops):
+                return n
+        return 0
 
     def flush(self) -> str:
         """The end of the text: whatever was held back is shown after all."""

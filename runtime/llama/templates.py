@@ -80,10 +80,21 @@ class Formatter:
                                               eos=self.model.token_text(eos) if eos >= 0 else "")  # fmt: skip
         return self._render
 
-    def render(self, messages: list[dict]) -> Prompt:
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the template itself presents ``tools`` to the model (a Jinja template that
+        uses the variable); otherwise tools are described in the system prompt."""
+        return bool(self.template) and "{" in self.template and "tools" in self.template
+
+    def render(self, messages: list[dict], *, tools: list | None = None, extra: dict | None = None) -> Prompt:
+        """The prompt for ``messages``, ending where the assistant's answer starts. ``tools``
+        and ``extra`` (a request's ``chat_template_kwargs``) go to a Jinja template."""
         if self.plain:
             return Prompt(render_plain(messages), True, [])
-        return self._renderer()(messages)
+        render = self._renderer()
+        if isinstance(render, _JinjaTemplate):
+            return render(messages, tools=tools, extra=extra)
+        return render(messages)
 
 
 class _NamedFormat:
@@ -145,12 +156,17 @@ class _JinjaTemplate:
     def __init__(self, source: str, *, bos: str, eos: str):
         self.template, self.bos, self.eos = compile_template(source), bos, eos
 
-    def __call__(self, messages: list[dict]) -> Prompt:
+    def __call__(
+        self, messages: list[dict], *, tools: list | None = None, extra: dict | None = None
+    ) -> Prompt:
         import jinja2
 
+        variables = {**(extra or {}), "messages": messages, "bos_token": self.bos, "eos_token": self.eos,
+                     "add_generation_prompt": True}  # fmt: skip
+        if tools:
+            variables["tools"] = tools
         try:
-            text = self.template.render(messages=messages, bos_token=self.bos, eos_token=self.eos,
-                                        add_generation_prompt=True)  # fmt: skip
+            text = self.template.render(**variables)
         except jinja2.TemplateError as e:
             raise UsageError(f"the chat template failed: {e}") from None
         return Prompt(text, False, [self.eos] if self.eos else [])

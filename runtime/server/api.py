@@ -1,23 +1,30 @@
-"""OpenAI-compatible request checking and response shapes (no I/O here).
+"""OpenAI-compatible request checking (no I/O here).
 
 Every malformed request becomes an ``ApiError`` with OpenAI's error shape and a
-4xx status; nothing a client sends can reach llama.cpp unchecked.
+4xx status; nothing a client sends can reach llama.cpp unchecked. A field the
+server does not know, or cannot honour, is a 400 that names it: a client must
+never believe it got what it asked for when it did not. Fields that are only
+hints (``user``, ``metadata``, ``store``, ...) are accepted and change nothing.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
-import os
-import struct
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from ..errors import UsageError
 from ..llama.job import Sampling
 
 MAX_STOP = 4
-ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_N = 8  # and at most the server's slots
+MAX_TOP_LOGPROBS = 20
+# Accepted and without effect on the answer (as llama-server and OpenAI's own API do).
+HINTS = {"model", "user", "metadata", "store", "service_tier", "prediction", "cache_prompt",
+         "reasoning_effort", "parallel_tool_calls", "safety_identifier", "prompt_cache_key"}  # fmt: skip
+COMMON = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop",
+          "stream", "stream_options", "n", "logit_bias", "frequency_penalty", "presence_penalty",
+          "response_format", "json_schema", "grammar"}  # fmt: skip
 
 
 class ApiError(Exception):
@@ -40,6 +47,16 @@ class GenRequest:
     stream: bool
     include_usage: bool
     echo: bool = False
+    n: int = 1
+    logprobs: int | None = None  # None: none; k: each token's log-probability and k alternatives
+    logit_bias: dict = field(default_factory=dict)  # token id -> bias
+    grammar: str | None = None  # GBNF, from grammar, json_schema or response_format
+    json_schema: dict | None = None  # the schema behind ``grammar``, when there is one
+    tools: list = field(default_factory=list)
+    tool_choice: object = "auto"  # "auto" | "none" | "required" | {"type": "function", ...}
+    parallel_tool_calls: bool = True
+    reasoning_format: str = "auto"  # "auto": <think> text as reasoning_content; "none": inline
+    template_kwargs: dict = field(default_factory=dict)
 
 
 def parse_body(raw: bytes) -> dict:
@@ -54,7 +71,7 @@ def parse_body(raw: bytes) -> dict:
     return body
 
 
-def _number(body, key, lo, hi, integer=False):
+def number(body, key, lo, hi, integer=False):
     v = body.get(key)
     if v is None:
         return None
@@ -67,39 +84,44 @@ def _number(body, key, lo, hi, integer=False):
     return v
 
 
-def _bool(body, key) -> bool:
-    v = body.get(key, False)
+def boolean(body, key, default=False) -> bool:
+    v = body.get(key, default)
     if v is None:
-        return False
+        return default
     if not isinstance(v, bool):
         raise ApiError(400, f"'{key}' must be true or false", param=key)
     return v
 
 
-def check_model(body: dict, model_ids: tuple[str, ...]) -> None:
+def check_fields(body: dict, known: set[str]) -> None:
+    """A field the server does not know would be silently ignored: refuse it instead."""
+    for key in body:
+        if key not in known and key not in HINTS:
+            raise ApiError(400, f"'{key}' is not supported by this server; remove it", param=key,
+                           code="unsupported_parameter")  # fmt: skip
+
+
+def check_model(body: dict, model_ids: tuple[str, ...] = ()) -> None:
+    """A bundle serves one model: any name is answered by it (as llama-server does)."""
     name = body.get("model")
-    if name is None:
-        return
-    if not isinstance(name, str):
+    if name is not None and not isinstance(name, str):
         raise ApiError(400, "'model' must be a string", param="model")
-    if name not in model_ids:
-        raise ApiError(404, f"the model '{name}' does not exist; this server serves '{model_ids[0]}'",
-                       code="model_not_found", param="model")  # fmt: skip
 
 
-def _common(body: dict, defaults: Sampling, default_max: int) -> dict:
-    if body.get("n", 1) not in (1, None) or isinstance(body.get("n"), bool):
-        raise ApiError(400, "only n=1 is supported", param="n")
-    max_tokens = _number(body, "max_completion_tokens", 1, 2**31 - 1, integer=True)
+def common(body: dict, defaults: Sampling, default_max: int, max_n: int) -> dict:
+    n = number(body, "n", 1, min(MAX_N, max_n), integer=True) or 1
+    max_tokens = number(body, "max_completion_tokens", 1, 2**31 - 1, integer=True)
     if max_tokens is None:
-        max_tokens = _number(body, "max_tokens", 1, 2**31 - 1, integer=True)
+        max_tokens = number(body, "max_tokens", 1, 2**31 - 1, integer=True)
     changes = {}
     for key, field_, lo, hi, integer in (
         ("temperature", "temp", 0, 2, False), ("top_p", "top_p", 0, 1, False),
         ("top_k", "top_k", 0, 1_000_000, True), ("min_p", "min_p", 0, 1, False),
         ("repeat_penalty", "repeat_penalty", 0, 10, False), ("seed", "seed", -(2**63), 2**64 - 1, True),
+        ("frequency_penalty", "frequency_penalty", -2, 2, False),
+        ("presence_penalty", "presence_penalty", -2, 2, False),
     ):  # fmt: skip
-        v = _number(body, key, lo, hi, integer)
+        v = number(body, key, lo, hi, integer)
         if v is not None:
             changes[field_] = (v & 0xFFFFFFFF) if key == "seed" else v
     stop = body.get("stop")
@@ -116,52 +138,94 @@ def _common(body: dict, defaults: Sampling, default_max: int) -> dict:
         "sampling": replace(defaults, **changes),
         "max_tokens": max_tokens if max_tokens is not None else default_max,
         "stop": stop,
-        "stream": _bool(body, "stream"),
-        "include_usage": _bool(opts, "include_usage"),
+        "stream": boolean(body, "stream"),
+        "include_usage": boolean(opts, "include_usage"),
+        "n": n,
+        "logit_bias": logit_bias(body),
+        **structured(body),
     }
 
 
-def _content(msg: dict, i: int) -> str:
-    content = msg.get("content")
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # [{"type": "text", "text": "..."}]
-        parts = []
-        for part in content:
-            text = part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None
-            if not isinstance(text, str):
-                raise ApiError(400, f"messages[{i}].content: only text parts are supported", param="messages")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
+def logit_bias(body: dict) -> dict[int, float]:
+    """OpenAI's ``{"token id": bias}``, bias in [-100, 100]; -100 bans the token outright."""
+    raw = body.get("logit_bias")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ApiError(400, "'logit_bias' must be an object of token ids to biases", param="logit_bias")
+    out = {}
+    for key, value in raw.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise ApiError(
+                400, f"'logit_bias' keys must be token ids, not {key!r}", param="logit_bias"
+            ) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
+            raise ApiError(400, f"'logit_bias' values must be numbers from -100 to 100 (token {key})",
+                           param="logit_bias")  # fmt: skip
+        out[token] = float("-inf") if value <= -100 else float(value)
+    return out
 
 
-def chat_request(body: dict, defaults: Sampling, default_max: int) -> GenRequest:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list", param="messages")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ApiError(400, f"messages[{i}] needs a role of system, user or assistant", param="messages")
-        role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": _content(m, i)})
-    return GenRequest(messages=out, prompt=None, **_common(body, defaults, default_max))
+def structured(body: dict) -> dict:
+    """``response_format`` (OpenAI), ``json_schema`` and ``grammar`` (llama-server): at most one."""
+    from ..llama.schema import json_grammar
+
+    given = [k for k in ("response_format", "json_schema", "grammar") if body.get(k) is not None]
+    if len(given) > 1:
+        raise ApiError(400, f"'{given[0]}' and '{given[1]}' do not go together; send one", param=given[1])
+    schema = None
+    try:
+        if "grammar" in given:
+            if not isinstance(body["grammar"], str) or not body["grammar"].strip():
+                raise ApiError(400, "'grammar' must be a GBNF grammar (a non-empty string)", param="grammar")
+            return {"grammar": body["grammar"], "json_schema": None}
+        if "json_schema" in given:
+            schema = body["json_schema"]
+            return {"grammar": json_grammar(schema), "json_schema": schema}
+        if "response_format" in given:
+            return response_format(body["response_format"], json_grammar)
+    except UsageError as e:
+        raise ApiError(400, str(e), param=given[0]) from None
+    return {"grammar": None, "json_schema": None}
 
 
-def completion_request(body: dict, defaults: Sampling, default_max: int) -> GenRequest:
+def response_format(rf, json_grammar) -> dict:
+    if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
+        raise ApiError(400, "'response_format' must be {\"type\": \"text\"|\"json_object\"|\"json_schema\"}",
+                       param="response_format")  # fmt: skip
+    if rf["type"] == "text":
+        return {"grammar": None, "json_schema": None}
+    if rf["type"] == "json_object":
+        return {"grammar": json_grammar(None), "json_schema": {"type": "object"}}
+    spec = rf.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise ApiError(400, "'response_format.json_schema' must be {\"name\": ..., \"schema\": {...}}",
+                       param="response_format")  # fmt: skip
+    schema = spec.get("schema", {"type": "object"})
+    return {"grammar": json_grammar(schema), "json_schema": schema}
+
+
+def completion_request(body: dict, defaults: Sampling, default_max: int, max_n: int = MAX_N) -> GenRequest:
+    check_fields(body, COMMON | {"prompt", "echo", "logprobs", "best_of"})
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise ApiError(400, "'prompt' must be a non-empty string", param="prompt")
-    return GenRequest(messages=None, prompt=prompt, echo=_bool(body, "echo"),
-                      **_common(body, defaults, default_max))  # fmt: skip
+    if body.get("best_of") not in (None, 1):
+        raise ApiError(400, "only best_of=1 is supported", param="best_of")
+    k = number(body, "logprobs", 0, 5, integer=True)  # the legacy API: an int, up to 5
+    return GenRequest(messages=None, prompt=prompt, echo=boolean(body, "echo"), logprobs=k,
+                      **common(body, defaults, default_max, max_n))  # fmt: skip
 
 
 def embedding_inputs(body: dict) -> tuple[list[str], str]:
+    check_fields(body, {"input", "encoding_format", "dimensions"})
+    if body.get("dimensions") is not None:
+        raise ApiError(400, "'dimensions' is not supported: this model's embeddings have a fixed size",
+                       param="dimensions")  # fmt: skip
     value = body.get("input")
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
@@ -172,37 +236,3 @@ def embedding_inputs(body: dict) -> tuple[list[str], str]:
     if fmt not in ("float", "base64"):
         raise ApiError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
     return texts, fmt
-
-
-# -- responses ---------------------------------------------------------------------
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{os.urandom(12).hex()}"
-
-
-def usage(stats) -> dict:
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-            "total_tokens": stats.prompt_tokens + stats.completion_tokens}  # fmt: skip
-
-
-def timings(stats) -> dict:
-    pp, tg = stats.prompt_seconds, stats.generation_seconds
-    new_prompt = stats.prompt_tokens - stats.cached_tokens
-    return {
-        "prompt_n": new_prompt, "cached_n": stats.cached_tokens, "prompt_ms": pp * 1e3,
-        "prompt_per_second": new_prompt / pp if pp else 0.0, "predicted_n": stats.completion_tokens,
-        "predicted_ms": tg * 1e3, "predicted_per_second": stats.completion_tokens / tg if tg else 0.0,
-    }  # fmt: skip
-
-
-def finish(stats) -> str:
-    return "length" if stats.finish_reason == "length" else "stop"
-
-
-def envelope(kind: str, rid: str, model: str, fingerprint: str, **fields) -> dict:
-    return {"id": rid, "object": kind, "created": int(time.time()), "model": model,
-            "system_fingerprint": fingerprint, **fields}  # fmt: skip
-
-
-def embedding_item(i: int, vec: list[float], fmt: str) -> dict:
-    data = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode() if fmt == "base64" else vec
-    return {"object": "embedding", "index": i, "embedding": data}

@@ -106,7 +106,7 @@ class Handler(BaseHTTPRequestHandler):
             if method in ("GET", "HEAD") and (name := static_name(path, app.static)):
                 return self._static(name, head=method == "HEAD")
             handler = app.route(method, path)
-            if path.startswith("/v1/") and app.api_key:
+            if app.api_key and path not in ("/health", "/props"):  # the page reads /props first
                 auth = self.headers.get("Authorization") or ""
                 if auth != f"Bearer {app.api_key}":
                     raise api.ApiError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",

@@ -3,7 +3,6 @@ checks requests and shapes responses, and ``worker.py`` runs the model."""
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 from pathlib import Path
@@ -11,13 +10,23 @@ from pathlib import Path
 from ..errors import ContextError, UsageError, check_prompt
 from ..llama.job import Job, Sampling
 from ..llama.loading import context_size
-from . import api
+from . import api, generate, shapes
 
 WAIT_POLL = 0.25  # seconds between checks that a waiting client is still there
 
 
 class ClientGone(Exception):
     pass
+
+
+class _Tagged:
+    """A job's event queue that is one of several feeding one reader (``n`` choices)."""
+
+    def __init__(self, shared: queue.Queue, index: int):
+        self.shared, self.index = shared, index
+
+    def put(self, event) -> None:
+        self.shared.put((self.index, event))
 
 
 class App:
@@ -43,6 +52,8 @@ class App:
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
             ("POST", "/v1/embeddings"): self.embeddings,
+            ("POST", "/tokenize"): self.tokenize,
+            ("POST", "/detokenize"): self.detokenize,
         }
 
     def route(self, method: str, path: str):
@@ -81,6 +92,31 @@ class App:
             "ready": self.worker.state == "ready",
         })  # fmt: skip
 
+    def tokenize(self, h, body):
+        """llama-server's ``/tokenize``: ``{"content", "add_special"?, "with_pieces"?}``."""
+        api.check_fields(body, {"content", "add_special", "parse_special", "with_pieces"})
+        if not isinstance(body.get("content"), str):
+            raise api.ApiError(400, "'content' must be a string", param="content")
+        model = self.ready().engine.model
+        tokens = model.tokenize(body["content"], add_special=api.boolean(body, "add_special"))
+        if api.boolean(body, "with_pieces"):
+            pieces = [model.piece(t, special=True) for t in tokens]
+            tokens = [{"id": t, "piece": _piece(p)} for t, p in zip(tokens, pieces, strict=True)]
+        h.send_json(200, {"tokens": tokens})
+
+    def detokenize(self, h, body):
+        api.check_fields(body, {"tokens"})
+        tokens = body.get("tokens")
+        model = self.ready().engine.model
+        if not isinstance(tokens, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < model.n_vocab for t in tokens
+        ):
+            raise api.ApiError(
+                400, f"'tokens' must be a list of token ids below {model.n_vocab}", param="tokens"
+            )
+        text = b"".join(model.piece(t, special=True) for t in tokens).decode("utf-8", "replace")
+        h.send_json(200, {"content": text})
+
     def models(self, h, body):
         created = self.bundle.manifest["build"].get("source_date_epoch") or 0
         h.send_json(200, {"object": "list", "data": [
@@ -89,14 +125,14 @@ class App:
 
     # -- generation -----------------------------------------------------------------
     def chat(self, h, body):
-        api.check_model(body, self.model_ids)
-        self._generate(h, api.chat_request(body, self.defaults, self.default_max), chat=True)
+        api.check_model(body)
+        generate.chat(self, h, body)
 
     def completions(self, h, body):
-        api.check_model(body, self.model_ids)
-        self._generate(h, api.completion_request(body, self.defaults, self.default_max), chat=False)
+        api.check_model(body)
+        generate.completions(self, h, body)
 
-    def _ready(self):
+    def ready(self):
         w = self.worker
         if w.state == "loading":
             raise api.ApiError(503, "the model is still loading; retry when /health says ok",
@@ -105,7 +141,7 @@ class App:
             raise api.ApiError(500, f"the model failed to load: {w.error}", "server_error")
         return w
 
-    def _tokens(self, w, text: str, add_special: bool, param: str) -> list[int]:
+    def tokens(self, w, text: str, add_special: bool, param: str) -> list[int]:
         tokens = w.engine.model.tokenize(text, add_special=add_special)
         try:
             check_prompt(len(tokens), w.engine.n_ctx)
@@ -113,15 +149,21 @@ class App:
             raise api.ApiError(400, str(e), code="context_length_exceeded", param=param) from None
         return tokens
 
-    def _run(self, h, job: Job):
-        """Submit ``job`` and yield its events; cancel it if the client goes away."""
+    def run(self, h, jobs: list[Job]):
+        """Submit ``jobs`` (the choices of one request) and yield (choice index, event) as they
+        come; cancel them all if the client goes away. Ends when every job is done."""
+        shared: queue.Queue = queue.Queue()
+        for i, job in enumerate(jobs):
+            job.events = _Tagged(shared, i)
         with self.lock:
-            self.active.add(job)
-        self.worker.submit(job)
+            self.active.update(jobs)
+        for job in jobs:
+            self.worker.submit(job)
+        left = len(jobs)
         try:
-            while True:
+            while left:
                 try:
-                    event = job.events.get(timeout=WAIT_POLL)
+                    i, event = shared.get(timeout=WAIT_POLL)
                 except queue.Empty:
                     if h.client_gone():
                         raise ClientGone from None
@@ -130,97 +172,39 @@ class App:
                     if isinstance(event[1], UsageError):
                         raise api.ApiError(400, str(event[1]))
                     raise api.ApiError(500, f"generation failed: {event[1]}", "server_error")
-                yield event
-                if event[0] == "done":
-                    return
+                yield i, event
+                left -= event[0] == "done"
         finally:
-            job.cancelled.set()
             with self.lock:
-                self.active.discard(job)
-
-    def _generate(self, h, req: api.GenRequest, chat: bool):
-        w = self._ready()
-        if chat:
-            try:
-                prompt = w.formatter.render(req.messages)
-            except UsageError as e:  # the template refused the conversation
-                raise api.ApiError(400, str(e)) from None
-            text, add_special, stop = prompt.text, prompt.add_special, prompt.stop
-        else:
-            text, add_special, stop = req.prompt, True, []
-        tokens = self._tokens(w, text, add_special, "messages" if chat else "prompt")
-        room = w.engine.n_ctx - len(tokens)
-        max_tokens = room if req.max_tokens < 0 else min(req.max_tokens, room)
-        job = Job("generate", tokens, stop=stop + req.stop, sampling=req.sampling, max_tokens=max_tokens,
-                  stream=req.stream)  # fmt: skip
-        rid = api.new_id("chatcmpl" if chat else "cmpl")
-        kind = "chat.completion" if chat else "text_completion"
-        env = {"rid": rid, "model": self.model_id, "fingerprint": self.fingerprint}
-        try:
-            if req.stream:
-                self._stream(h, job, req, chat, kind, env)
-            else:
-                parts = [req.prompt] if req.echo else []
-                parts += [piece for tag, piece in self._run(h, job) if tag == "piece"]
-                text_out, stats = "".join(parts), job.stats
-                choice = ({"index": 0, "message": {"role": "assistant", "content": text_out}} if chat
-                          else {"index": 0, "text": text_out})  # fmt: skip
-                choice.update(logprobs=None, finish_reason=api.finish(stats))
-                h.send_json(200, api.envelope(kind, env["rid"], env["model"], env["fingerprint"],
-                                              choices=[choice], usage=api.usage(stats),
-                                              timings=api.timings(stats)))  # fmt: skip
-        except ClientGone:
-            h.close_connection = True
-
-    def _stream(self, h, job, req, chat, kind, env):
-        kind += ".chunk" if chat else ""
-
-        def chunk(delta=None, text=None, finish=None, **extra):
-            c = {"index": 0, "logprobs": None, "finish_reason": finish}
-            c.update({"delta": delta or {}} if chat else {"text": text or ""})
-            return api.envelope(kind, env["rid"], env["model"], env["fingerprint"], choices=[c], **extra)
-
-        events = self._run(h, job)
-        first = next(events)  # an error before any output still gets a proper status code
-        h.start_events()
-        try:
-            if chat:
-                h.send_event(chunk({"role": "assistant", "content": ""}))
-            elif req.echo:
-                h.send_event(chunk(text=req.prompt))
-            for tag, value in itertools.chain([first], events):
-                if tag == "piece":
-                    h.send_event(chunk({"content": value}, value))
-            stats = job.stats
-            h.send_event(chunk(finish=api.finish(stats), timings=api.timings(stats)))
-            if req.include_usage:
-                h.send_event(api.envelope(kind, env["rid"], env["model"], env["fingerprint"], choices=[],
-                                          usage=api.usage(stats), timings=api.timings(stats)))  # fmt: skip
-            h.send_event("[DONE]")
-        except api.ApiError as e:
-            h.send_event(e.body())
-        except (BrokenPipeError, ConnectionResetError, ClientGone):
-            job.cancelled.set()
-        finally:
-            events.close()
+                for job in jobs:
+                    job.cancelled.set()
+                    self.active.discard(job)
 
     # -- embeddings -----------------------------------------------------------------
     def embeddings(self, h, body):
-        api.check_model(body, self.model_ids)
+        api.check_model(body)
         texts, fmt = api.embedding_inputs(body)
-        w = self._ready()
-        tokens = [self._tokens(w, t, True, "input") for t in texts]
+        w = self.ready()
+        tokens = [self.tokens(w, t, True, "input") for t in texts]
         vectors = None
         try:
-            for tag, value in self._run(h, Job("embed", tokens)):
-                if tag == "embeddings":
-                    vectors = value
+            for _, event in self.run(h, [Job("embed", tokens)]):
+                if event[0] == "embeddings":
+                    vectors = event[1]
         except ClientGone:
             h.close_connection = True
             return
         n = sum(len(t) for t in tokens)
         h.send_json(200, {
             "object": "list", "model": self.model_id,
-            "data": [api.embedding_item(i, v, fmt) for i, v in enumerate(vectors)],
+            "data": [shapes.embedding_item(i, v, fmt) for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": n, "total_tokens": n},
         })  # fmt: skip
+
+
+def _piece(raw: bytes):
+    """A token's text, or its bytes when they are not UTF-8 on their own (as llama-server)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)
