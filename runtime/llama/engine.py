@@ -223,9 +223,12 @@ class Engine:
 
     def _sample(self, slot: Slot, row: int) -> None:
         token = slot.sampler.sample(self.ptr, row)
-        if token not in self._pieces:
-            self._pieces[token] = None if self.model.is_eog(token) else self.model.piece(token)
-        piece = self._pieces[token]
+        if slot.job.special:
+            piece = None if self.model.is_eog(token) else self.model.piece(token, special=True)
+        else:
+            if token not in self._pieces:
+                self._pieces[token] = None if self.model.is_eog(token) else self.model.piece(token)
+            piece = self._pieces[token]
         if piece is None:
             return self._finish(slot, "stop")
         if slot.job.logprobs is not None:

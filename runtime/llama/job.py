@@ -51,7 +51,8 @@ class Job:
     max_tokens: int = -1  # -1: until the model stops or the context is full
     stream: bool = True  # False: the text comes as one piece at the end (no wake-up per token)
     grammar: str | None = None  # GBNF the text must match (llama.cpp's grammar sampler)
-    grammar_triggers: tuple = ()  # non-empty: the grammar applies only from the first of these on
+    grammar_triggers: tuple = ()  # regexes; non-empty: the grammar applies from where one matches
+    special: bool = False  # show control tokens in the text (tool-call markers such as [TOOL_CALLS])
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and k alternatives
     logit_bias: dict = field(default_factory=dict)  # token id -> added to its logit (-inf: banned)
     events: queue.Queue = field(default_factory=queue.Queue)

@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import math
 import os
-import re
 import tempfile
 
 from ..errors import UsageError
@@ -58,13 +57,11 @@ def make_chain(C, n_vocab: int, s: Sampling, bias: dict[int, float], first=None)
     return chain
 
 
-def _ecma_escape(text: str) -> str:
-    return re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", text)
-
-
 def make_grammar(C, vocab, grammar: str, triggers: tuple[str, ...] = ()):
-    """llama.cpp's grammar sampler for GBNF ``grammar``; with ``triggers`` it is lazy and
-    constrains the text only from the first trigger on (a tool call inside free text).
+    """llama.cpp's grammar sampler for GBNF ``grammar``; with ``triggers`` (regexes, as
+    ``llama_sampler_init_grammar_lazy_patterns`` takes them: the grammar is fed from the first
+    capture group of the one that matches) it is lazy and constrains the text only from
+    there on (a tool call inside free text).
     An invalid grammar is a UsageError with llama.cpp's own complaint."""
     text = grammar.encode()
     with _stderr_captured() as said:  # llama.cpp's grammar parser prints its errors itself
@@ -82,8 +79,7 @@ def make_grammar(C, vocab, grammar: str, triggers: tuple[str, ...] = ()):
 
 def _init_grammar(C, vocab, text: bytes, triggers):
     if triggers:
-        # llama.cpp feeds the grammar from the first capture group of the matching pattern.
-        pats = [f"[\\s\\S]*?({_ecma_escape(t)}[\\s\\S]*)".encode() for t in triggers]
+        pats = [t.encode() for t in triggers]
         arr = (ctypes.c_char_p * len(pats))(*pats)
         return C.llama_sampler_init_grammar_lazy_patterns(vocab, text, b"root", arr, len(pats), None, 0)
     return C.llama_sampler_init_grammar(vocab, text, b"root")

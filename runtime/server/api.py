@@ -21,10 +21,10 @@ MAX_N = 8  # and at most the server's slots
 MAX_TOP_LOGPROBS = 20
 # Accepted and without effect on the answer (as llama-server and OpenAI's own API do).
 HINTS = {"model", "user", "metadata", "store", "service_tier", "prediction", "cache_prompt",
-         "reasoning_effort", "parallel_tool_calls", "safety_identifier", "prompt_cache_key"}  # fmt: skip
-COMMON = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop",
-          "stream", "stream_options", "n", "logit_bias", "frequency_penalty", "presence_penalty",
-          "response_format", "json_schema", "grammar"}  # fmt: skip
+         "reasoning_effort", "safety_identifier", "prompt_cache_key"}  # fmt: skip
+COMMON = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty",
+          "seed", "stop", "stream", "stream_options", "n", "logit_bias", "frequency_penalty",
+          "presence_penalty", "response_format", "json_schema", "grammar"}  # fmt: skip
 
 
 class ApiError(Exception):
@@ -54,7 +54,7 @@ class GenRequest:
     json_schema: dict | None = None  # the schema behind ``grammar``, when there is one
     tools: list = field(default_factory=list)
     tool_choice: object = "auto"  # "auto" | "none" | "required" | {"type": "function", ...}
-    parallel_tool_calls: bool = True
+    parallel_tool_calls: bool = False  # as llama-server: one call unless the request asks for more
     reasoning_format: str = "auto"  # "auto": <think> text as reasoning_content; "none": inline
     template_kwargs: dict = field(default_factory=dict)
 

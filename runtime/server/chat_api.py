@@ -10,7 +10,7 @@ from ..llama.job import Sampling
 from .api import COMMON, MAX_N, MAX_TOP_LOGPROBS, ApiError, GenRequest, boolean, check_fields, common, number
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
-CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "tools", "tool_choice",
+CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
                  "reasoning_format", "chat_template_kwargs"}  # fmt: skip
 REASONING_FORMATS = ("auto", "deepseek", "deepseek-legacy", "none")
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -136,7 +136,7 @@ def chat_request(body: dict, defaults: Sampling, default_max: int, max_n: int = 
         raise ApiError(400, "'chat_template_kwargs' must be an object", param="chat_template_kwargs")
     req = GenRequest(messages=msgs, prompt=None, logprobs=(top or 0) if want_logprobs else None,
                      tools=tool_list if choice != "none" else [], tool_choice=choice,
-                     parallel_tool_calls=boolean(body, "parallel_tool_calls", True),
+                     parallel_tool_calls=boolean(body, "parallel_tool_calls", False),
                      reasoning_format="none" if fmt == "none" else "auto", template_kwargs=kwargs,
                      **common(body, defaults, default_max, max_n))  # fmt: skip
     if req.tools and req.grammar:

@@ -17,27 +17,27 @@ def chat(app, h, body: dict) -> None:
     w = app.ready()
     req = chat_request(body, app.defaults, app.default_max, max_n=w.n_slots)
     formatter, msgs = w.formatter, req.messages
-    tool_format, grammar, triggers = None, req.grammar, ()
+    tool_format, grammar, triggers, renders_tools = None, req.grammar, (), False
     if req.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in msgs):
         from ..llama import toolcalls
 
-        tool_format = toolcalls.format_for(formatter.template if formatter.renders_tools else None)
-        msgs = toolcalls.prepare_messages(msgs, tool_format, req.tools, formatter.renders_tools)
+        renders_tools = toolcalls.template_renders_tools(formatter.template)
+        tool_format = toolcalls.format_for(formatter.template if renders_tools else None)
+        msgs = toolcalls.prepare_messages(tool_format, msgs, req.tools, template_renders_tools=renders_tools)
         if req.tools:
             try:
                 grammar, lazy = toolcalls.tool_choice_grammar(tool_format, req.tools, req.tool_choice,
                                                              req.parallel_tool_calls)  # fmt: skip
             except ValueError as e:
                 raise api.ApiError(400, str(e), param="tools") from None
-            triggers = tuple(tool_format.triggers) if lazy else ()
+            triggers = tuple(tool_format.trigger_patterns()) if lazy else ()
         else:
             tool_format = None
     prefill = ""
     if msgs[-1]["role"] == "assistant" and not msgs[-1].get("tool_calls") and len(msgs) > 1:
         prefill, msgs = msgs[-1]["content"], msgs[:-1]  # continue this answer, not a new turn
     try:
-        prompt = formatter.render(msgs, tools=req.tools if formatter.renders_tools else None,
-                                  extra=req.template_kwargs)  # fmt: skip
+        prompt = formatter.render(msgs, tools=req.tools if renders_tools else None, extra=req.template_kwargs)
     except UsageError as e:  # the template refused the conversation
         raise api.ApiError(400, str(e), param="messages") from None
     text = prompt.text + prefill
@@ -46,7 +46,7 @@ def chat(app, h, body: dict) -> None:
     open_close = open_marker(text) if split and not prefill else None
     replies = [Reply(split_reasoning=split, open_close=open_close, tool_format=tool_format)
                for _ in range(req.n)]  # fmt: skip
-    jobs = _jobs(w, req, tokens, prompt.stop + req.stop, grammar, triggers)
+    jobs = _jobs(w, req, tokens, prompt.stop + req.stop, grammar, triggers, special=tool_format is not None)
     _answer(app, h, req, jobs, replies, "chatcmpl", "chat.completion")
 
 
@@ -58,7 +58,7 @@ def completions(app, h, body: dict) -> None:
     _answer(app, h, req, jobs, [None] * req.n, "cmpl", "text_completion")
 
 
-def _jobs(w, req, tokens, stop, grammar, triggers) -> list[Job]:
+def _jobs(w, req, tokens, stop, grammar, triggers, special=False) -> list[Job]:
     room = w.engine.n_ctx - len(tokens)
     max_tokens = room if req.max_tokens < 0 else min(req.max_tokens, room)
     jobs = []
@@ -68,7 +68,7 @@ def _jobs(w, req, tokens, stop, grammar, triggers) -> list[Job]:
             sampling = dataclasses.replace(sampling, seed=(sampling.seed + i) & 0xFFFFFFFF)
         jobs.append(Job("generate", tokens, stop=stop, sampling=sampling, max_tokens=max_tokens,
                         stream=req.stream, grammar=grammar, grammar_triggers=triggers,
-                        logprobs=req.logprobs, logit_bias=req.logit_bias))  # fmt: skip
+                        logprobs=req.logprobs, logit_bias=req.logit_bias, special=special))  # fmt: skip
     return jobs
 
 

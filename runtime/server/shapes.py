@@ -29,9 +29,11 @@ def timings(stats) -> dict:
 
 
 def finish(stats, tool_calls: bool = False) -> str:
-    if tool_calls:
-        return "tool_calls"
-    return "length" if stats.finish_reason == "length" else "stop"
+    """OpenAI's finish_reason: a reply cut by max_tokens is "length" even when it made calls
+    (the last of them may be cut too)."""
+    if stats.finish_reason == "length":
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
 
 
 def envelope(kind: str, rid: str, model: str, fingerprint: str, **fields) -> dict:
