@@ -260,7 +260,8 @@ def test_sigterm_shuts_down_fast_and_frees_the_port(bundle):
 
 def test_readme_curl_examples_work_as_written(served):
     readme = (ROOT / "README.md").read_text()
-    lines = [ln for ln in readme.splitlines() if ln.startswith("curl ")]
+    section = readme.split("## The web chat and the API", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("curl ")]
     assert len(lines) >= 5
     for line in lines:
         cmd = line.replace("http://127.0.0.1:8080", served.url)
