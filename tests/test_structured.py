@@ -286,3 +286,58 @@ def test_an_invalid_grammar_file_is_one_line(chat_bundle, tmp_path):
     proc = run_exe(chat_bundle, "-p", "x", "--grammar", str(tmp_path / "bad.gbnf"))
     assert proc.returncode == 2
     assert_one_line_error(proc, "the grammar is not valid GBNF: unexpected end of input")
+
+
+def test_thinking_comes_back_as_reasoning_content(client):
+    """A reply that opens with <think> (forced here by a grammar: SmolLM2 does not reason)
+    is split into reasoning_content and content, streamed and not; "none" keeps it inline."""
+    grammar = 'root ::= "<think>" [a-z ]{3,30} "</think>" [a-z ]{3,30}'
+    ask = dict(model="smol", messages=ASK, temperature=0, max_tokens=60, extra_body={"grammar": grammar})
+    msg = client.chat.completions.create(**ask).choices[0].message
+    reasoning = msg.model_extra["reasoning_content"]
+    assert reasoning and msg.content and "<think>" not in msg.content + reasoning
+    deltas = [c.choices[0].delta for c in client.chat.completions.create(**ask, stream=True) if c.choices]
+    assert "".join(d.model_extra.get("reasoning_content") or "" for d in deltas) == reasoning
+    assert "".join(d.content or "" for d in deltas) == msg.content
+    ask["extra_body"] = {"grammar": grammar, "reasoning_format": "none"}
+    inline = client.chat.completions.create(**ask).choices[0].message
+    head, tail = inline.content.split("</think>", 1)
+    assert head == f"<think>{reasoning}" and tail.lstrip() == msg.content  # split: blank space after it goes
+
+
+def test_n_streamed_choices_each_come_back(client):
+    texts: dict[int, str] = {}
+    stream = client.chat.completions.create(
+        model="smol", messages=ASK, temperature=1.0, seed=1, max_tokens=8, n=2, stream=True
+    )
+    for c in stream:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    assert sorted(texts) == [0, 1] and all(texts.values())
+
+
+def test_completions_logprobs_in_the_legacy_shape(client):
+    r = client.completions.create(
+        model="smol", prompt="Once upon a time", temperature=0, max_tokens=5, logprobs=2
+    )
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text and len(lp.token_logprobs) == 5
+    assert all(
+        len(top) == 2 and max(top.values()) >= lp.token_logprobs[i] - 1e-6
+        for i, top in enumerate(lp.top_logprobs)
+    )
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+
+
+def test_cli_with_a_json_schema_answers_each_turn_in_json(chat_bundle):
+    schema = json.dumps(
+        {
+            "type": "object",
+            "properties": {"answer": {"type": "string", "maxLength": 40}},
+            "required": ["answer"],
+        }
+    )
+    proc = run_exe(chat_bundle, "--cli", "--json-schema", schema, "--temp", "0", input="Hi\nWhat is 2+2?\n")
+    assert proc.returncode == 0, proc.stderr
+    replies = [line.removeprefix("> ") for line in proc.stdout.splitlines() if line.strip("> ")]
+    assert len(replies) == 2 and all(isinstance(json.loads(r)["answer"], str) for r in replies), proc.stdout
