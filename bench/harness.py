@@ -50,6 +50,7 @@ class Bench:
     stub: Path
     work: Path
     parallel: bool = False  # does our server take --parallel?
+    constrained: list = field(default_factory=list)  # row 7: (Model, True for /v1/chat/completions)
     wait_idle: float = 0.0  # seconds a turn may wait for other processes to leave the CPU
     wait_budget: float = 300.0  # seconds all turns together may wait
     _prompts: dict = field(default_factory=dict)
@@ -68,7 +69,8 @@ class Bench:
     def prompts(self, model: Model) -> Prompts:
         """Prompt maker for a model's vocabulary; prompts it makes are remembered so
         that commands can show them as placeholders."""
-        key = model.path.name.split("-")[0] if model.path.name.startswith("synthetic") else model.path
+        name = model.path.name  # the synthetic models of one vocabulary share a tokenizer
+        key = name.rsplit("-", 1)[0] if name.startswith("synthetic") else model.path
         if key not in self._prompts:
             self._prompts[key] = Prompts(Tokenizer(model.path))
         return self._prompts[key]
@@ -159,8 +161,15 @@ class Bench:
                 f"CPU in the median turn, {shares[-1]:.0%} in the busiest")  # fmt: skip
 
 
-def ensure_models(preset: str, types: list[str]) -> dict[str, Path]:
-    return {t: make_model.ensure(preset, t, log=log) for t in types}
+def ensure_models(preset: str, types: list[str], vocab: str = "stories260K") -> dict[str, Path]:
+    return {t: make_model.ensure(preset, t, log=log, vocab=vocab) for t in types}
+
+
+def chat_model() -> Path | None:
+    """SmolLM2-135M-Instruct, which install.sh fetches and records in .venv/chat-model."""
+    record = ROOT / ".venv" / "chat-model"
+    path = Path(record.read_text().strip()) if record.exists() else None
+    return path if path is not None and path.exists() else None
 
 
 def ensure_reference() -> Path:

@@ -1,14 +1,16 @@
 """Make a synthetic llama model for speed work, and quantize it.
 
-Random weights with real llama shapes and stories260K's vocabulary, written with
-the gguf package, then quantized by llama.cpp's own quantizer
-(``llama_model_quantize``). The output is cached in bench/.cache/models (not in
-git). The text is meaningless; the speed is real. The output rows of the
-end-of-generation and other control tokens are zero, so their logit is 0 while the
-largest of the others is well above: greedy decoding never stops early, like
-llama-bench, which ignores EOS.
+Random weights with real llama shapes and stories260K's vocabulary (or, with
+``--vocab llama3``, Llama 3's 128,256-token one, from the vocabulary-only GGUF that
+llama.cpp's sources carry in the llama-cpp-python sdist), written with the gguf
+package, then quantized by llama.cpp's own quantizer (``llama_model_quantize``).
+The output is cached in bench/.cache/models (not in git). The text is meaningless;
+the speed is real. The output rows of the end-of-generation and other control tokens
+are zero, so their logit is 0 while the largest of the others is well above: greedy
+decoding never stops early, like llama-bench, which ignores EOS.
 
     python bench/make_model.py --preset 0.5b --types F16 Q8_0 Q4_0
+    python bench/make_model.py --preset tiny --types Q4_0 --vocab llama3
 
 ``bench/run.py`` calls ``ensure()`` itself; ``--params`` prints a preset's exact
 parameter count.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,13 @@ PRESETS = {
 }
 FTYPES = ("F32", "F16", "Q4_0", "Q8_0", "Q4_K_M")
 N_VOCAB = 512  # stories260K's vocabulary
+# Vocabularies a synthetic model can have: name -> (tokens, where the tokenizer comes from).
+VOCABS = {
+    "stories260K": (N_VOCAB, "../shared/models/stories260K.gguf"),
+    "llama3": (128256, "ggml-vocab-llama-bpe.gguf of llama.cpp's sources (the llama-cpp-python sdist)"),
+}
+LLAMA3_VOCAB = "vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf"  # in the sdist, under its top folder
+SDIST_RECORD = HERE.parent / ".venv" / "llama-cpp-python-sdist"  # install.sh writes the sdist's path here
 VERSION = 2  # bumped when the weights change; cached files of another version are made again
 VERSION_KEY = "llamabundle.synthetic.version"
 
@@ -58,7 +68,8 @@ def write_f32(
     n_embd, n_layer, n_head, n_head_kv, n_ff = PRESETS[preset]
     src = gguf.GGUFReader(str(vocab_source))
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name(f"synthetic-llama-{preset}")
+    tag = "" if vocab_source == VOCAB_SOURCE else f"-{vocab_source.stem}"
+    w.add_name(f"synthetic-llama-{preset}{tag}")
     w.add_context_length(2048)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
@@ -129,21 +140,48 @@ def quantize(src: Path, dst: Path, qtype: str) -> None:
         sys.exit(f"quantizing to {qtype} failed: {proc.stderr.strip()}")
 
 
-def model_path(preset: str, qtype: str) -> Path:
-    return CACHE / f"synthetic-{preset}-{qtype}.gguf"
+def model_path(preset: str, qtype: str, vocab: str = "stories260K") -> Path:
+    tag = "" if vocab == "stories260K" else f"-{vocab}"
+    return CACHE / f"synthetic-{preset}{tag}-{qtype}.gguf"
 
 
-def ensure(preset: str, qtype: str, log=lambda msg: None) -> Path:
+def vocab_source(vocab: str, log=lambda msg: None) -> Path:
+    """The GGUF whose tokenizer a synthetic model copies; Llama 3's is taken out of the
+    llama-cpp-python sdist once (a vocabulary-only GGUF, 7.8 MB) into bench/.cache/models."""
+    if vocab == "stories260K":
+        return VOCAB_SOURCE
+    if vocab != "llama3":
+        raise ValueError(f"unknown vocabulary {vocab!r}; one of {', '.join(VOCABS)}")
+    out = CACHE / "ggml-vocab-llama-bpe.gguf"
+    if out.exists():
+        return out
+    if not SDIST_RECORD.exists():
+        sys.exit(f"{SDIST_RECORD} is missing (install.sh writes it): no llama.cpp sources to take "
+                 "Llama 3's vocabulary from")  # fmt: skip
+    sdist = Path(SDIST_RECORD.read_text().strip())
+    log(f"taking Llama 3's vocabulary ({LLAMA3_VOCAB}) out of {sdist.name}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdist) as tar:
+        member = next((m for m in tar if m.name.split("/", 1)[-1] == LLAMA3_VOCAB), None)
+        if member is None:
+            sys.exit(f"{sdist} has no {LLAMA3_VOCAB}")
+        tmp = out.with_suffix(".part")
+        tmp.write_bytes(tar.extractfile(member).read())
+    tmp.rename(out)
+    return out
+
+
+def ensure(preset: str, qtype: str, log=lambda msg: None, vocab: str = "stories260K") -> Path:
     """The cached model (made, then renamed into place, when missing)."""
-    out = model_path(preset, qtype)
+    out = model_path(preset, qtype, vocab)
     if out.exists() and _current(out):
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
-    f32 = model_path(preset, "F32")
+    f32 = model_path(preset, "F32", vocab)
     if not f32.exists() or not _current(f32):
-        log(f"writing {f32.name} ({n_params(preset):,} parameters, random weights)")
+        log(f"writing {f32.name} ({n_params(preset, VOCABS[vocab][0]):,} parameters, random weights)")
         tmp = f32.with_suffix(".part")
-        write_f32(tmp, preset, progress=False)
+        write_f32(tmp, preset, vocab_source=vocab_source(vocab, log), progress=False)
         tmp.rename(f32)
     if qtype != "F32":
         log(f"quantizing {f32.name} to {qtype}")
@@ -157,13 +195,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="100m")
     ap.add_argument("--types", nargs="+", default=["Q8_0", "Q4_0"], choices=sorted(FTYPES))
+    ap.add_argument("--vocab", choices=sorted(VOCABS), default="stories260K",
+                    help="the tokenizer (default: stories260K's 512 tokens; llama3: 128,256)")  # fmt: skip
     ap.add_argument("--params", action="store_true", help="print the preset's parameter count and exit")
     args = ap.parse_args()
     if args.params:
-        print(f"{args.preset}: {n_params(args.preset):,} parameters")
+        print(f"{args.preset}: {n_params(args.preset, VOCABS[args.vocab][0]):,} parameters")
         return
     for qtype in args.types:
-        print(ensure(args.preset, qtype, log=lambda m: print(m, file=sys.stderr)))
+        print(ensure(args.preset, qtype, log=lambda m: print(m, file=sys.stderr), vocab=args.vocab))
 
 
 if __name__ == "__main__":

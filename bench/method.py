@@ -73,6 +73,28 @@ def method(b: Bench) -> list[str]:
         "once before its atomic rename; `sync OUT` fsyncs the copy once; neither fsyncs the directory.",
         "6. **Stub size.** The size of the file `llamabundle stub` prints (the runtime every bundle "
         "carries; a bundle is this plus the model plus a few KB).",
+        f"7. **Constrained generation.** Per model, both servers run side by side with one slot each (as "
+        f"row 1 over HTTP). Each turn sends four non-streaming requests, greedy (temperature 0), "
+        f"`max_tokens` {N}: ours and llama-server with a JSON schema, ours and llama-server without it "
+        f"(the order reversed every other turn). A chat model (SmolLM2-135M-Instruct, 49,152-token "
+        f"vocabulary) is asked over `/v1/chat/completions` for a list of animals, the schema given as "
+        f"OpenAI's `response_format` of type `json_schema`; a completion model (the synthetic one with "
+        f"Llama 3's 128,256-token vocabulary) gets a fixed short prompt over `/v1/completions`, the "
+        f"schema as the `json_schema` field (both servers take both forms). The schema is an object with "
+        f"an array of at least {2 * N} strings, so no reply can finish before `max_tokens`; every "
+        f"end-of-generation token gets `logit_bias` -100 in all four requests, so the request without "
+        f"a schema runs to `max_tokens` too. Each server turns the schema into a grammar itself (ours: "
+        f"llama-cpp-python's port of llama.cpp's json-schema-to-grammar; llama-server: the C++ one) and "
+        f"samples it the same way: the unconstrained chain picks a token, and only when the grammar "
+        f"refuses it is the token sampled again with the grammar applied to every candidate. The two "
+        f"converters differ in the whitespace they allow between JSON tokens (ours: none or one space; "
+        f"llama.cpp's: that, or one or two newlines and up to 20 spaces or tabs), so with the schema "
+        f"the two servers need not write the same text: the token counts are what is checked. The "
+        f"figures are each server's own `timings.predicted_per_second`, as in row 1 (generated tokens / "
+        f"time of the sample+decode steps, so the grammar's cost is in it); every reply's "
+        f"`usage.completion_tokens` and `timings.predicted_n` are listed under the row. The first row "
+        f"of each model compares ours with the schema against ours without it (the reference column "
+        f"holds ours without), the second ours against llama-server, both with the schema.",
         "",
         f"Both sides always get `-t {T}` and `-c {b.ctx}`. The rows' notes (under the commands) say how "
         "long each took and how much CPU other processes used meanwhile (from /proc/stat): a busy "

@@ -15,7 +15,7 @@ class Row:
     ``ratio>=``, ``ratio<=``, ``plus<=`` (ours <= reference + value), ``abs<=`` (ours
     only), or None where no target was set."""
 
-    row: int  # which of the six rows of the brief
+    row: int  # which of the seven rows of the brief
     what: str
     unit: str  # tok/s, s, MB
     ours: Stat | None

@@ -8,10 +8,13 @@ into one table (bench/RESULTS.md, and every sample in bench/RESULTS.json).
 
 Rows: 1 prompt and generation tokens/s through -p and over HTTP; 2 exec to first
 token and to /health 200; 3 aggregate tokens/s with 1, 4 and 8 clients; 4 peak RSS;
-5 build time against cp; 6 stub size. It sets up what it needs, once: the synthetic
-0.5B model (bench/make_model.py) and its Q4_0, Q8_0 and F16 in bench/.cache, the native
-reference llama.cpp (bench/reference.sh, in ~/.cache/llamabundle/toolchain/reference),
-and the runtime stub.
+5 build time against cp; 6 stub size; 7 generation tokens/s with a JSON schema against
+without one and against llama-server with the same schema (SmolLM2-135M-Instruct over
+/v1/chat/completions, and a small synthetic model with Llama 3's 128k vocabulary over
+/v1/completions). It sets up what it needs, once: the synthetic 0.5B model
+(bench/make_model.py) and its Q4_0, Q8_0 and F16 in bench/.cache (and, for row 7, the
+`tiny` one with Llama 3's vocabulary), the native reference llama.cpp
+(bench/reference.sh, in ~/.cache/llamabundle/toolchain/reference), and the runtime stub.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 import harness
 import machine
 import make_model
+import rows_constrained
 import rows_speed
 import rows_start
 from harness import HERE, STORIES, Bench, Model, log
@@ -35,18 +39,23 @@ from report import Row, write
 
 TARGETS = ("single-client prompt and generation tok/s ≥ 0.95x reference; exec → first token ≤ 1.2x "
            "llama-completion; 4 clients ≥ 0.9x llama-server --parallel 4; peak RSS ≤ reference + 60 MB; "
-           "build ≤ 1.5x cp; stub ≤ 30 MB")  # fmt: skip
+           "build ≤ 1.5x cp; stub ≤ 30 MB; generation with a JSON schema ≥ 0.9x without one, and ≥ 1.0x "
+           "llama-server with the same schema")  # fmt: skip
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="timed runs per figure, after a warm-up (default 5)")
-    ap.add_argument("--only", help="rows to run, e.g. 1,3 (default: all six)")
+    ap.add_argument("--only", help="rows to run, e.g. 1,3 (default: all seven)")
     ap.add_argument("--quick", action="store_true", help="3 runs, the Q4_0 model only, 1 and 4 clients")
     ap.add_argument("--model", action="append", type=Path, help="measure this GGUF instead (repeatable)")
     ap.add_argument("--build-model", type=Path, help="the model for row 5 (default: the synthetic F16, "
                     "or the first --model)")  # fmt: skip
     ap.add_argument("--preset", default="0.5b", help="make_model.py preset of the synthetic model")
+    ap.add_argument("--vocab-preset", default="tiny", help="make_model.py preset of row 7's synthetic "
+                    "model with Llama 3's vocabulary (default tiny)")  # fmt: skip
+    ap.add_argument("--chat-model", type=Path, help="row 7's chat model (default: SmolLM2-135M-Instruct, "
+                    "recorded by install.sh in .venv/chat-model)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="the markdown to write")
     ap.add_argument("--threads", type=int, help="threads for both sides (default: physical cores)")
     ap.add_argument("--ctx", type=int, default=2048, help="context size for both sides (default 2048)")
@@ -63,7 +72,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.clients = min(args.runs, 3), "1,4"
-    args.rows = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5, 6}
+    args.rows = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5, 6, 7}
     args.clients = [int(x) for x in args.clients.split(",")]
     return args
 
@@ -71,7 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def estimate_minutes(b: Bench, rows: set[int]) -> float:
     """Seconds per turn (one run of ours and of the reference), as measured on a
     2-core EPYC with the 0.5B model, scaled by the model's size."""
-    scale = max(0.2, b.models[0].path.stat().st_size / 300e6)
+    scale = max(0.2, b.models[0].path.stat().st_size / 300e6) if b.models else 1.0
     turn = 0.0
     if 1 in rows:
         turn += 30 * scale * len(b.models)
@@ -83,6 +92,8 @@ def estimate_minutes(b: Bench, rows: set[int]) -> float:
         turn += 3.5 * scale * len(b.models)
     if 5 in rows:
         turn += 10 * b.build_model.stat().st_size / 1.1e9
+    if 7 in rows:  # four requests per model, whatever the 0.5B model's size
+        turn += 4 * 1.5 * len(b.constrained) * b.n_gen / 128
     return (turn * (b.runs + 1) + 30) / 60
 
 
@@ -93,18 +104,31 @@ def setup(args, work: Path) -> Bench:
         models = [Model(p.stem, p.resolve()) for p in args.model]
         build_model = (args.build_model or args.model[0]).resolve()
         start = models[:1]
+    elif args.rows <= {6, 7} and 7 in args.rows:  # row 7 brings its own models: no 0.5B one to make
+        models, start, build_model = [], [], args.build_model
     else:
         types = ["Q4_0"] if args.quick else ["Q4_0", "Q8_0"]
         paths = harness.ensure_models(args.preset, [*types, *(["F16"] if 5 in args.rows else [])])
         models = [Model(t, paths[t]) for t in types]
         build_model = args.build_model or paths.get("F16") or paths["Q4_0"]
         start = models[:1] + ([Model("stories260K", STORIES)] if STORIES.exists() else [])
-    for m in {id(m): m for m in models + start}.values():
+    constrained = []
+    if 7 in args.rows and args.model:
+        constrained = [(models[0], False)]
+    elif 7 in args.rows:
+        chat = args.chat_model or harness.chat_model()
+        if chat is None:
+            raise SystemExit("row 7 needs the chat model: run ./install.sh (it records SmolLM2 in "
+                             ".venv/chat-model), or pass --chat-model")  # fmt: skip
+        big = harness.ensure_models(args.vocab_preset, ["Q4_0"], vocab="llama3")["Q4_0"]
+        big_label = f"synthetic {args.vocab_preset}, Llama 3 vocabulary, Q4_0"
+        constrained = [(Model(chat.stem, chat.resolve()), True), (Model(big_label, big), False)]
+    for m in {id(m): m for m in models + start + [m for m, _ in constrained]}.values():
         log(f"fusing {m.path.name} with the stub")
         m.bundle = harness.build_bundle(m.path, stub, work / m.path.stem)
     return Bench(runs=args.runs, threads=0, ctx=args.ctx, n_prompt=args.prompt_tokens, n_gen=args.gen_tokens,
                  n_short=args.short_tokens, clients=args.clients, models=models, start_models=start,
-                 build_model=build_model, ref=ref, stub=stub, work=work)  # fmt: skip
+                 build_model=build_model, ref=ref, stub=stub, work=work, constrained=constrained)  # fmt: skip
 
 
 def measure(b: Bench, rows: set[int]) -> tuple[list[Row], list[str]]:
@@ -117,6 +141,7 @@ def measure(b: Bench, rows: set[int]) -> tuple[list[Row], list[str]]:
     plan += [(rows_start.peak_rss, m) for m in b.models if 4 in rows]
     plan += [(rows_start.build, None)] if 5 in rows else []
     plan += [(rows_start.stub_size, None)] if 6 in rows else []
+    plan += [(lambda b, m, c=chat: rows_constrained.constrained(b, m, c), m) for m, chat in b.constrained]
     out, failures = [], []
     for fn, model in plan:
         try:
@@ -124,7 +149,9 @@ def measure(b: Bench, rows: set[int]) -> tuple[list[Row], list[str]]:
             out += got if isinstance(got, list) else [got]
         except Exception as e:  # one broken row must not lose the others; the exit status says it
             traceback.print_exc()
-            failures.append(f"{getattr(fn, '__name__', 'concurrency')}"
+            name = getattr(fn, "__name__", "<lambda>")
+            name = {"<lambda>": "concurrency" if model is None else "constrained"}.get(name, name)
+            failures.append(f"{name}"
                             f"{f' ({model.label})' if model else ''} failed: {e}")  # fmt: skip
             log(f"FAILED: {failures[-1]}")
     return sorted(out, key=lambda r: r.row), failures
@@ -139,22 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="work-", dir=HERE / ".cache"))
     try:
         b = setup(args, work)
-        info = machine.bundle_info(b.models[0].bundle)
+        first = (b.models or [m for m, _ in b.constrained])[0]  # for the machine's and builds' details
+        info = machine.bundle_info(first.bundle)
         b.threads = args.threads or info["hardware"]["cpu"]["physical_cores"]
-        b.parallel = harness.server_has_parallel(b.models[0].bundle)
+        b.parallel = harness.server_has_parallel(first.bundle)
         b.wait_idle = args.wait_idle
-        header = machine.describe(info, machine.ref_build(b.tool("llama-bench"), b.models[0].path),
-                                  b.threads, b.ctx)  # fmt: skip
+        ref_build = machine.ref_build(b.tool("llama-bench"), first.path)
+        header = machine.describe(info, ref_build, b.threads, b.ctx)
         header["Models"] = models_line(b)
         header["Load"] = quiet(args.wait_idle)
         if not args.model:
-            names = ("n_embd", "layers", "heads", "KV heads", "n_ff")
-            shape = dict(zip(names, make_model.PRESETS[args.preset], strict=True))
-            header["Synthetic model"] = (
-                f"`{args.preset}` preset of bench/make_model.py: llama, {make_model.n_params(args.preset):,} "
-                f"parameters ({', '.join(f'{k} {v}' for k, v in shape.items())}, stories260K's "
-                f"{make_model.N_VOCAB}-token vocabulary), random weights, quantized by llama.cpp's quantizer"
-            )
+            header["Synthetic model"] = synthetic_line(args, b)
         log(
             f"measuring rows {sorted(args.rows)} with {b.runs} runs each, {b.threads} threads; "
             f"estimated time: about {estimate_minutes(b, args.rows):.0f} min"
@@ -187,8 +209,26 @@ def quiet(wait: float) -> str:
     return f"other processes used {busy:.0%} of the CPU in the 5 s before measuring"
 
 
+VOCAB_NAMES = {"stories260K": "stories260K's", "llama3": "Llama 3's"}
+
+
+def synthetic_line(args, b: Bench) -> str:
+    def shape(preset: str, vocab: str) -> str:
+        names = ("n_embd", "layers", "heads", "KV heads", "n_ff")
+        dims = ", ".join(f"{k} {v}" for k, v in zip(names, make_model.PRESETS[preset], strict=True))
+        n_vocab = make_model.VOCABS[vocab][0]
+        return (f"`{preset}` preset of bench/make_model.py: llama, {make_model.n_params(preset, n_vocab):,} "
+                f"parameters ({dims}, {VOCAB_NAMES[vocab]} {n_vocab:,}-token vocabulary)")  # fmt: skip
+
+    parts = [shape(args.preset, "stories260K")] if b.models else []
+    if b.constrained:
+        parts.append(("for row 7, the " if parts else "") + shape(args.vocab_preset, "llama3") + ", Q4_0")
+    return "; ".join(parts) + "; random weights, quantized by llama.cpp's quantizer"
+
+
 def models_line(b: Bench) -> str:
-    names = {m.path.name: m.path for m in [*b.models, *b.start_models]} | {b.build_model.name: b.build_model}
+    names = {m.path.name: m.path for m in [*b.models, *b.start_models, *(m for m, _ in b.constrained)]}
+    names |= {b.build_model.name: b.build_model} if b.build_model else {}
     return "; ".join(f"`{n}` {p.stat().st_size / 1e6:.0f} MB" for n, p in names.items())
 
 

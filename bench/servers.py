@@ -1,5 +1,5 @@
 """Our server and llama-server, driven by one HTTP client (urllib, one connection
-per request, non-streaming /v1/completions)."""
+per request, non-streaming /v1/completions and /v1/chat/completions)."""
 
 from __future__ import annotations
 
@@ -77,20 +77,31 @@ class Reply:
     completion_tokens: int  # usage.completion_tokens
     timings: dict | None  # the server's own `timings`, when it sends one
     seconds: float  # client wall clock, request sent to whole response read
+    text: str = ""  # the first choice's text (or message content)
+
+
+def post(url: str, path: str, body: dict) -> Reply:
+    """One non-streaming request to /v1/completions or /v1/chat/completions. An error
+    answer raises, with the server's own message."""
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    t = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=900) as r:
+            data = json.load(r)
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"POST {path}: {e.code} {e.read().decode(errors='replace')[:500]}") from None
+    dt = time.perf_counter() - t
+    usage, choice = data["usage"], data["choices"][0]
+    text = (choice["message"].get("content") or "") if "message" in choice else choice.get("text", "")
+    return Reply(usage["prompt_tokens"], usage["completion_tokens"], data.get("timings"), dt, text)
 
 
 def complete(url: str, prompt: str, n: int) -> Reply:
     """Greedy completion of ``n`` tokens. ``cache_prompt: false`` asks llama-server to
     process the whole prompt; ours ignores the key (its prompts are new to it anyway)."""
-    body = json.dumps({"prompt": prompt, "max_tokens": n, "temperature": 0, "cache_prompt": False})
-    req = urllib.request.Request(url + "/v1/completions", data=body.encode(),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    t = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=900) as r:
-        data = json.load(r)
-    dt = time.perf_counter() - t
-    usage = data["usage"]
-    return Reply(usage["prompt_tokens"], usage["completion_tokens"], data.get("timings"), dt)
+    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "cache_prompt": False}
+    return post(url, "/v1/completions", body)
 
 
 def concurrent(url: str, prompts: list[str], n: int) -> tuple[list[Reply], float]:
