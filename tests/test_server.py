@@ -120,8 +120,10 @@ def test_errors_have_openai_shape(served, method, path, body, status, needle):
 
 
 def test_errors_through_the_client(client):
-    with pytest.raises(openai.NotFoundError):
-        client.post("/nothing", cast_to=object, body={})
+    with pytest.raises(openai.BadRequestError, match="'audio' is not supported"):
+        client.chat.completions.create(
+            model="any", messages=[{"role": "user", "content": "x"}], audio={"voice": "a"}
+        )
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model="stories260K", prompt="Once upon a time " * 2000, max_tokens=4)
 
