@@ -55,9 +55,10 @@ fi
 
 # System packages: zstd's static library for the native launcher (bundler/native.py),
 # and the tools the tests drive: Debian's Chromium (the web chat, through Playwright),
-# strace and iproute2 (the offline tests), curl (the README's examples) and qemu-user
-# (old CPUs under emulation). Then what builds and runs Windows bundles on Linux
-# (bundler/windows/): Wine, mingw-w64, CMake and Ninja, osslsigncode (Authenticode checks).
+# strace and iproute2 (the offline tests), curl (the README's examples), qemu-user
+# (old CPUs under emulation) and Node.js (the web chat's module tests). Then what builds
+# and runs Windows bundles on Linux (bundler/windows/): Wine, mingw-w64, CMake and Ninja,
+# osslsigncode (Authenticode checks).
 missing() {
   local out=""
   for pair in "$@"; do [ -e "${pair#*:}" ] || out="$out ${pair%%:*}"; done
@@ -69,7 +70,8 @@ apt_install() {  # apt_install OPTIONS... -- PACKAGES...
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 need=$(missing libzstd-dev:/usr/include/zstd.h chromium:/usr/bin/chromium strace:/usr/bin/strace \
-               iproute2:/usr/sbin/ip curl:/usr/bin/curl qemu-user:/usr/bin/qemu-x86_64)
+               iproute2:/usr/sbin/ip curl:/usr/bin/curl qemu-user:/usr/bin/qemu-x86_64 \
+               nodejs:/usr/bin/node)
 if [ -n "$need" ]; then
   say "installing system packages for the tests:$need"
   apt_install $need

@@ -222,6 +222,15 @@ class Served:
 
 
 @pytest.fixture(scope="module")
+def chat_served(chat_bundle):
+    """The SmolLM2 bundle serving on a free port (one per test module)."""
+    s = Served(chat_bundle)
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
 def served(bundle):
     s = Served(bundle)
     s.wait_ready()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, Served
+from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 SECTION = "## Structured output, tools, log-probabilities and reasoning"
@@ -23,11 +23,8 @@ def _blocks(kind: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smol(chat_bundle):
-    s = Served(chat_bundle)
-    s.wait_ready()
-    yield s
-    s.stop()
+def smol(chat_served):
+    return chat_served
 
 
 def test_the_section_has_its_examples():

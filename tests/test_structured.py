@@ -11,7 +11,7 @@ import jsonschema
 import openai
 import pytest
 
-from conftest import Served, assert_one_line_error, run_exe
+from conftest import assert_one_line_error, run_exe
 
 pytestmark = pytest.mark.e2e
 
@@ -29,11 +29,8 @@ ASK = [{"role": "user", "content": "Describe a person."}]
 
 
 @pytest.fixture(scope="module")
-def smol(chat_bundle):
-    s = Served(chat_bundle)
-    s.wait_ready()
-    yield s
-    s.stop()
+def smol(chat_served):
+    return chat_served
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from .backend import recent_logs
 from .job import Job, Sampling
 
 NEG_INF = float("-inf")
-MAX_TOP_LOGPROBS = 20
 
 
 def _add(C, chain, sampler) -> None:

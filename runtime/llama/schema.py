@@ -48,5 +48,4 @@ def load_schema(text: str) -> dict:
         schema = json.loads(source)
     except ValueError as e:
         raise UsageError(f"--json-schema: not valid JSON: {e}") from None
-    json_grammar(schema)  # refuse it now, in one line, not after the model has loaded
     return schema

@@ -80,12 +80,6 @@ class Formatter:
                                               eos=self.model.token_text(eos) if eos >= 0 else "")  # fmt: skip
         return self._render
 
-    @property
-    def renders_tools(self) -> bool:
-        """Whether the template itself presents ``tools`` to the model (a Jinja template that
-        uses the variable); otherwise tools are described in the system prompt."""
-        return bool(self.template) and "{" in self.template and "tools" in self.template
-
     def render(self, messages: list[dict], *, tools: list | None = None, extra: dict | None = None) -> Prompt:
         """The prompt for ``messages``, ending where the assistant's answer starts. ``tools``
         and ``extra`` (a request's ``chat_template_kwargs``) go to a Jinja template."""

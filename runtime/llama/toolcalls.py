@@ -29,6 +29,7 @@ limit (as OpenAI's own can be). Whitespace between content and a call is dropped
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 from . import toolgrammar
@@ -187,9 +188,11 @@ def format_for(template_source: str | None) -> ToolFormat:
     return GENERIC
 
 
+@functools.lru_cache(maxsize=8)
 def template_renders_tools(template_source: str | None) -> bool:
     """Whether a Jinja chat template puts ``tools`` into the prompt: it is rendered with
-    one probe tool, as llama.cpp probes a template's capabilities."""
+    one probe tool, as llama.cpp probes a template's capabilities. A bundle has one
+    template, so the probe runs once, not on every request with tools."""
     if not template_source or "{" not in template_source:
         return False
     from .templates import compile_template

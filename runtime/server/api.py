@@ -101,7 +101,7 @@ def check_fields(body: dict, known: set[str]) -> None:
                            code="unsupported_parameter")  # fmt: skip
 
 
-def check_model(body: dict, model_ids: tuple[str, ...] = ()) -> None:
+def check_model(body: dict) -> None:
     """A bundle serves one model: any name is answered by it (as llama-server does)."""
     name = body.get("model")
     if name is not None and not isinstance(name, str):

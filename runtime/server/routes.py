@@ -38,7 +38,6 @@ class App:
         self.defaults, self.default_max = Sampling.from_settings(settings), settings["n_predict"]
         stem = Path(bundle.model["name"]).stem
         self.model_id = settings["name"] or stem
-        self.model_ids = (self.model_id, stem, bundle.model["name"])
         self.greeting = settings["greeting"]
         self.has_template = bool(settings["chat_template"] or bundle.model["gguf"].get("chat_template"))
         self.fingerprint = f"llamabundle-{bundle.manifest['build']['build_id']}"

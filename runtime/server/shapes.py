@@ -65,8 +65,3 @@ def completion_logprobs(entries: list[dict] | None, offset: int = 0) -> dict | N
         "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
         "text_offset": offsets,
     }
-
-
-def tool_call(index: int, call) -> dict:
-    """A complete tool call in a message."""
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
