@@ -66,9 +66,10 @@ SETTINGS: dict[str, Setting] = {
     "name": Setting(str, "", "the bundle's display name (default: the model file's name)"),
     "greeting": Setting(str, "", "first words shown when a chat opens"),
     "chat_template": Setting(str, "", "a Jinja chat template, or a chat format name llama.cpp knows"),
-    "host": Setting(str, "127.0.0.1", "address the server listens on"),
+    "host": Setting(str, "127.0.0.1", "address(es) the server listens on, comma-separated"),
     "port": Setting(int, 8080, "server port; if taken, the next free one is used", 0, 65535),
     "api_key": Setting(str, "", "require this key (Authorization: Bearer KEY) for the API"),
+    "cors_origins": Setting(str, "", "web origins allowed to call the API (comma-separated, or *)"),
 }
 
 # GGUF keys a model may carry for its own recommended sampling.

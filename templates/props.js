@@ -46,7 +46,7 @@ function show() {
   el.model.textContent = props.model || 'Local model';
   el.model.title = props.model || '';
   document.title = `${props.model || 'Chat'} \u00b7 llamabundle`;
-  el.note.hidden = props.chat_template !== false;
+  el.note.hidden = !props.plain_chat;
   if (conv.system == null && document.activeElement !== el.system) {
     el.system.value = systemOf(conv);
     updatePreview();

@@ -236,3 +236,19 @@ def served(bundle):
     s.wait_ready()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def reference_tools() -> Path:
+    """llama.cpp's own tools (llama-server, llama-simple, ...) built from the same sdist by
+    bench/reference.sh, once per machine (about 20 minutes cold on 2 cores, then cached)."""
+    sdist = ROOT / ".venv" / "llama-cpp-python-sdist"
+    if not sdist.exists():
+        pytest.fail(f"{sdist} is missing: run ./install.sh (it keeps the sdist the reference is built from)")
+    for tool in ("cmake", "c++"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not installed: run ./install.sh (the reference llama.cpp needs it)")
+    script = ROOT / "bench" / "reference.sh"
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return Path(out.stdout.strip().splitlines()[-1])

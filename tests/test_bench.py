@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 
@@ -71,19 +70,6 @@ def test_constrained_requests_ask_both_servers_the_same_thing(bench_modules):
     path, body = request(False, 16, {}, sch)
     assert path == "/v1/completions" and body["json_schema"] is sch and "messages" not in body
     assert _shown(path, body).endswith('"json_schema": $SCHEMA}')
-
-
-@pytest.fixture(scope="session")
-def reference_tools():
-    sdist = ROOT / ".venv" / "llama-cpp-python-sdist"
-    if not sdist.exists():
-        pytest.skip(f"{sdist} is missing (install.sh keeps it): nothing to build the reference from")
-    for tool in ("cmake", "c++"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed: cannot build the reference llama.cpp")
-    out = subprocess.run(["bash", str(BENCH / "reference.sh")], capture_output=True, text=True, timeout=3600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
 
 
 @pytest.mark.e2e

@@ -248,7 +248,7 @@ def test_usage_timings_and_finish():
               generation_seconds=0.25, finish_reason="length")  # fmt: skip
     assert shapes.usage(s) == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     t = shapes.timings(s)
-    assert (t["prompt_n"], t["cached_n"], t["predicted_n"]) == (6, 4, 5)
+    assert (t["prompt_n"], t["cache_n"], t["predicted_n"]) == (6, 4, 5)
     assert (t["prompt_per_second"], t["predicted_per_second"], t["prompt_ms"]) == (12.0, 20.0, 500.0)
     assert shapes.finish(s) == "length"
     for reason in ("stop", "cancelled"):

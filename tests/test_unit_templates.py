@@ -239,3 +239,17 @@ def test_the_build_time_check_accepts_what_the_runtime_renders(tmp_path):
     assert chat_template(str(tmp_path / "t.jinja"), "--chat-template") == loop
     with pytest.raises(InputError, match=r"^--chat-template: the chat template has a Jinja syntax error"):
         chat_template("{% for m in messages %}", "--chat-template")
+
+
+def test_llama_3_templates_get_today_s_date_as_llama_cpp_gives_it():
+    """Llama 3.x templates write "Today Date:" from date_string (a fixed 26 Jul 2024 without
+    it); llama.cpp passes today's date, and so does this renderer, unless a request says."""
+    import datetime
+
+    template = shipped_templates()["meta-llama-Llama-3.1-8B-Instruct.jinja"]
+    messages = [{"role": "user", "content": "Hi"}]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    p = Formatter(Model(template)).render(messages, tools=tools)
+    assert f"Today Date: {datetime.datetime.now().strftime('%d %b %Y')}" in p.text
+    p = Formatter(Model(template)).render(messages, tools=tools, extra={"date_string": "01 Jan 2030"})
+    assert "Today Date: 01 Jan 2030" in p.text

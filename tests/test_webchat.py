@@ -288,9 +288,7 @@ def _props_route(page, server, **override):
 def test_props_shape_the_page(page, server):
     """Greeting, default system prompt and the plain-completion note come from /props,
     and the system prompt goes out with the first message."""
-    _props_route(
-        page, server, greeting="Hello, I am **tiny**.", system_prompt="Be brief.", chat_template=False
-    )
+    _props_route(page, server, greeting="Hello, I am **tiny**.", system_prompt="Be brief.", plain_chat=True)
     bodies, _ = _record_chat(page)
     page.reload()
     _wait(lambda: page.text_content("#model-name") == "stories260K")

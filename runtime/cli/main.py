@@ -68,9 +68,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     s.add_argument("-ngl", "--gpu-layers", type=int, help="layers to put on a GPU (-1: all)")
     s.add_argument("-np", "--parallel", type=int, help="server slots: requests decoded together (default 4)")
     s.add_argument("--system", help="system prompt for chat")
-    s.add_argument("--host", help="server address (default 127.0.0.1; 0.0.0.0 exposes it)")
+    s.add_argument("--host", help="server address(es), comma-separated (default 127.0.0.1; 0.0.0.0 "
+                   "exposes it)")  # fmt: skip
     s.add_argument("--port", type=int, help="server port (default 8080, or the next free one)")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on API calls")
+    s.add_argument("--cors-origins", metavar="ORIGINS",
+                   help="let web pages on these origins call the API (http://host:port,...)")  # fmt: skip
     p.add_argument("--cache-dir", help="where a compressed bundle unpacks its model (default: "
                    "$LLAMABUNDLE_CACHE or ~/.cache/llamabundle)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's own logs")
@@ -156,7 +159,7 @@ def run(args, prog: str) -> int:
     if args.json:
         raise UsageError("--json goes with --info")
     if args.prompt is None and not args.cli:
-        from ..server.httpd import serve
+        from ..server.listen import serve
 
         return serve(bundle, settings, open_browser=not args.server, verbose=args.verbose,
                      cache_dir=args.cache_dir)  # fmt: skip
@@ -193,6 +196,7 @@ def run(args, prog: str) -> int:
 _SETTING_FLAGS = {
     "n_predict", "temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed",
     "ctx_size", "threads", "gpu_layers", "parallel", "system", "host", "port", "api_key",
+    "cors_origins",
 }  # fmt: skip
 
 

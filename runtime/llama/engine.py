@@ -46,6 +46,8 @@ class Engine:
         self.slots = [Slot(i) for i in range(n_slots)]
         self.clock = 0
         self.generated_tokens = 0  # all tokens generated so far (a counter, like llama-server's metrics)
+        self.decodes = 0  # llama_decode calls that succeeded, and the busy slots summed over them
+        self.busy_per_decode = 0
         self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end of generation
 
     def close(self) -> None:
@@ -146,6 +148,8 @@ class Engine:
                 return False
             rc = self.C.llama_decode(self.ptr, self.batch)
             if rc == 0:
+                self.decodes += 1
+                self.busy_per_decode += len(rows)
                 break
             if rc == NO_KV_ROOM and self._make_room():
                 continue
@@ -233,6 +237,8 @@ class Engine:
             return self._finish(slot, "stop")
         if slot.job.logprobs is not None:
             slot.probs.append(logprobs(self.C, self.model, self.ptr, row, token, slot.job.logprobs))
+        elif slot.job.token_ids:  # the ids alone, without the cost of a softmax
+            slot.probs.append({"id": token})
         slot.n_gen += 1
         slot.job.stats.completion_tokens = slot.n_gen
         text = slot.utf8.decode(piece)
@@ -279,6 +285,7 @@ class Engine:
         else:
             stats.generation_seconds = now - slot.t1
         stats.finish_reason = "stop" if reason == "error" else reason
+        stats.stop_word = slot.stops.word
         self.generated_tokens += stats.completion_tokens
         slot.sampler.close()
         slot.job, slot.sampler, slot.state = None, None, IDLE

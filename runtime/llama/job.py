@@ -3,8 +3,8 @@
 One shape for every mode: ``-p`` and ``--cli`` hand a job to the engine on their
 own thread, the server's handlers through the worker's queue. A job's events
 arrive on its queue: ``("piece", text, logprobs)`` as text is ready (``logprobs``: the
-entries of the tokens behind it, when the job asks for them), then ``("done", stats)``
-or ``("error", exception)``; embedding jobs send ``("embeddings", vectors)``.
+entries of the tokens behind it, when the job asks for them or for ``token_ids``), then
+``("done", stats)`` or ``("error", exception)``; embedding jobs send ``("embeddings", vectors)``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Stats:
     prompt_seconds: float = 0.0
     generation_seconds: float = 0.0
     finish_reason: str = "stop"  # "stop" | "length" | "cancelled"
+    stop_word: str | None = None  # the stop string that ended the text (None: end of text or length)
 
 
 @dataclass(eq=False)
@@ -55,6 +56,7 @@ class Job:
     special: bool = False  # show control tokens in the text (tool-call markers such as [TOOL_CALLS])
     logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and k alternatives
     logit_bias: dict = field(default_factory=dict)  # token id -> added to its logit (-inf: banned)
+    token_ids: bool = False  # without logprobs: each piece's event carries [{"id": token}, ...]
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     stats: Stats = field(default_factory=Stats)

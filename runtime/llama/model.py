@@ -67,7 +67,7 @@ class Model:
     def __init__(self, paths: list[str], offset: int = 0, *, n_gpu_layers: int = 0, progress=None):
         """``progress(fraction)`` is told how far loading got (llama.cpp's own callback)."""
         C = backend.bindings()
-        self.C, self._fp = C, None
+        self.C, self._fp, self._eog = C, None, None
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.load_mode = LOAD_MODE_MMAP
@@ -132,6 +132,12 @@ class Model:
 
     def is_eog(self, token: int) -> bool:
         return bool(self.C.llama_vocab_is_eog(self.vocab, token))
+
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token (EOS, EOT, a chat template's end marker, ...)."""
+        if self._eog is None:
+            self._eog = [t for t in range(self.n_vocab) if self.is_eog(t)]
+        return self._eog
 
     def token_text(self, token: int) -> str:
         return self.piece(token, special=True).decode("utf-8", "replace")

@@ -164,4 +164,4 @@ def logprobs(C, model, ctx, row: int, token: int, top: int) -> dict:
 
 def _entry(model, token: int, logprob: float) -> dict:
     raw = model.piece(token, special=True)
-    return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+    return {"id": token, "token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}

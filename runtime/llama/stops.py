@@ -14,6 +14,7 @@ class StopStrings:
         self.longest = max((len(s) for s in self.stops), default=0)
         self.held = ""
         self.hit = False  # a stop string was found: the text ends here
+        self.word: str | None = None  # the one found (the earliest in the text)
 
     def feed(self, piece: str) -> str:
         """Take a new piece; return the text that is now safe to show."""
@@ -22,10 +23,11 @@ class StopStrings:
         if not self.stops:
             return piece
         held = self.held + piece
-        hits = [held.find(s) for s in self.stops if s in held]
+        hits = [(held.find(s), s) for s in self.stops if s in held]
         if hits:
+            at, self.word = min(hits)
             self.hit, self.held = True, ""
-            return held[: min(hits)]
+            return held[:at]
         keep = self._partial(held)
         self.held = held[len(held) - keep :]
         return held[: len(held) - keep]

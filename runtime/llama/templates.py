@@ -155,8 +155,11 @@ class _JinjaTemplate:
     ) -> Prompt:
         import jinja2
 
-        variables = {**(extra or {}), "messages": messages, "bos_token": self.bos, "eos_token": self.eos,
-                     "add_generation_prompt": True}  # fmt: skip
+        # llama.cpp gives templates today's date (Llama 3.x's write it into the system turn,
+        # and fall back to a fixed 2024 date without it); a request's kwargs may override it.
+        today = datetime.now().strftime("%d %b %Y")
+        variables = {"date_string": today, **(extra or {}), "messages": messages, "bos_token": self.bos,
+                     "eos_token": self.eos, "add_generation_prompt": True}  # fmt: skip
         if tools:
             variables["tools"] = tools
         try:

@@ -59,6 +59,31 @@ class GenRequest:
     template_kwargs: dict = field(default_factory=dict)
 
 
+# Anthropic's error types, by status (its clients read ``error.type``).
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                   503: "overloaded_error"}  # fmt: skip
+
+
+def error_body(e: ApiError, path: str) -> dict:
+    """An error in the shape of the API the path belongs to: Anthropic's for its Messages
+    API, OpenAI's for every other route (llama-server answers its own routes so too)."""
+    if path.startswith("/v1/messages"):
+        kind = ANTHROPIC_TYPES.get(e.status, "invalid_request_error" if e.status < 500 else "api_error")
+        return {"type": "error", "error": {"type": kind, "message": e.message}}
+    return e.body()
+
+
+def key_matches(headers, key: str) -> bool:
+    """``Authorization: Bearer KEY`` (OpenAI's clients) or ``X-Api-Key: KEY`` (Anthropic's),
+    compared in constant time."""
+    import hmac
+
+    auth = headers.get("Authorization") or ""
+    given = auth[7:] if auth.startswith("Bearer ") else headers.get("X-Api-Key") or ""
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
 def parse_body(raw: bytes) -> dict:
     try:
         body = json.loads(raw.decode("utf-8"))
@@ -222,7 +247,10 @@ def completion_request(body: dict, defaults: Sampling, default_max: int, max_n: 
 
 
 def embedding_inputs(body: dict) -> tuple[list[str], str]:
-    check_fields(body, {"input", "encoding_format", "dimensions"})
+    """OpenAI's ``input`` or llama-server's ``content`` (the same thing, by either name)."""
+    check_fields(body, {"input", "content", "encoding_format", "dimensions"})
+    if "content" in body and "input" not in body:
+        body = {**body, "input": body["content"]}
     if body.get("dimensions") is not None:
         raise ApiError(400, "'dimensions' is not supported: this model's embeddings have a fixed size",
                        param="dimensions")  # fmt: skip

@@ -13,9 +13,27 @@ from .chat_api import chat_request
 from .reply import Reply, open_marker
 
 
+@dataclasses.dataclass
+class Prepared:
+    """A chat request made ready to run: its jobs (one per choice) and the replies that
+    read their text (reasoning, content, tool calls). Every chat dialect (OpenAI's chat,
+    Anthropic's Messages, OpenAI's Responses) goes through here and differs only in shapes."""
+
+    req: api.GenRequest
+    prompt: str
+    tokens: list
+    jobs: list
+    replies: list
+
+
 def chat(app, h, body: dict) -> None:
     w = app.ready()
-    req = chat_request(body, app.defaults, app.default_max, max_n=w.n_slots)
+    p = prepare_chat(app, w, chat_request(body, app.defaults, app.default_max, max_n=w.n_slots))
+    _answer(app, h, p.req, p.jobs, p.replies, "chatcmpl", "chat.completion")
+
+
+def prepare_chat(app, w, req: api.GenRequest) -> Prepared:
+    """The prompt (tools, a prefill, template options), its tokens, the jobs and replies."""
     formatter, msgs = w.formatter, req.messages
     tool_format, grammar, triggers, renders_tools = None, req.grammar, (), False
     if req.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in msgs):
@@ -46,19 +64,20 @@ def chat(app, h, body: dict) -> None:
     open_close = open_marker(text) if split and not prefill else None
     replies = [Reply(split_reasoning=split, open_close=open_close, tool_format=tool_format)
                for _ in range(req.n)]  # fmt: skip
-    jobs = _jobs(w, req, tokens, prompt.stop + req.stop, grammar, triggers, special=tool_format is not None)
-    _answer(app, h, req, jobs, replies, "chatcmpl", "chat.completion")
+    special = tool_format is not None
+    jobs = jobs_for(w, req, tokens, prompt.stop + req.stop, grammar, triggers, special=special)
+    return Prepared(req, text, tokens, jobs, replies)
 
 
 def completions(app, h, body: dict) -> None:
     w = app.ready()
     req = api.completion_request(body, app.defaults, app.default_max, max_n=w.n_slots)
     tokens = app.tokens(w, req.prompt, True, "prompt")
-    jobs = _jobs(w, req, tokens, req.stop, req.grammar, ())
+    jobs = jobs_for(w, req, tokens, req.stop, req.grammar, ())
     _answer(app, h, req, jobs, [None] * req.n, "cmpl", "text_completion")
 
 
-def _jobs(w, req, tokens, stop, grammar, triggers, special=False) -> list[Job]:
+def jobs_for(w, req, tokens, stop, grammar, triggers, special=False) -> list[Job]:
     room = w.engine.n_ctx - len(tokens)
     max_tokens = room if req.max_tokens < 0 else min(req.max_tokens, room)
     jobs = []

@@ -1,41 +1,31 @@
-"""The executable's HTTP server: the web chat page and an OpenAI-compatible API.
+"""The executable's HTTP plumbing: the web chat page and the APIs (OpenAI's,
+llama-server's, Anthropic's), dispatched to ``routes.py``.
 
 Standard library only (``http.server``). Safe by default: it binds loopback,
-refuses foreign Host headers there (DNS rebinding), limits body sizes, serves
-the page under a strict Content-Security-Policy, and can require an API key.
+refuses foreign Host headers there (DNS rebinding) and requests from other sites'
+pages (``cors.py``), limits body sizes, serves the page under a strict
+Content-Security-Policy, can require an API key, and answers every error in JSON.
 """
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import json
 import os
 import select
-import signal
 import socket
 import sys
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import UsageError
-from . import api, routes
-from .worker import Worker
+from . import api, cors, routes
 
 MAX_BODY = 8 * 1024 * 1024
-PORT_TRIES = 20
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")  # fmt: skip
 # The page's files, served by name from templates/ (its ES modules import each other by path).
 STATIC_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-
-
-def templates_dir() -> Path:
-    base = getattr(sys, "_MEIPASS", None)
-    return Path(base) / "templates" if base else Path(__file__).resolve().parents[2] / "templates"
 
 
 def static_name(path: str, files: dict) -> str | None:
@@ -96,25 +86,78 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self._dispatch("HEAD")
 
+    def do_PUT(self):  # no route takes these: 405 or 404 in JSON, not Python's HTML 501
+        self._dispatch("PUT")
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def do_OPTIONS(self):
+        """A CORS preflight: allowed only for the origins the user named (--cors-origins)."""
+        origin = self.headers.get("Origin")
+        self._cors_origin = None
+        if origin is None:  # not a browser's preflight: say what the server takes
+            return self._empty(204, {"Allow": "GET, HEAD, POST, OPTIONS"})
+        if not self.server.app.cors.allows(origin):
+            err = api.ApiError(403, f"web pages on {origin} may not call this server; start it with "
+                               f"--cors-origins {origin} to allow them", code="forbidden_origin")  # fmt: skip
+            return self.send_json(403, err.body())
+        self._cors_origin = origin
+        wanted = self.headers.get("Access-Control-Request-Headers") or ""
+        self._empty(204, {"Access-Control-Allow-Methods": "GET, HEAD, POST, OPTIONS",
+                          "Access-Control-Allow-Headers": cors.allowed_headers(wanted),
+                          "Access-Control-Max-Age": "600"})  # fmt: skip
+
+    def _empty(self, status: int, headers: dict) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def send_response(self, code, message=None):
+        self.server.app.metrics.answered(code)
+        super().send_response(code, message)
+
+    def end_headers(self):
+        if getattr(self, "_cors_origin", None):  # answers to a page the user allowed
+            self.send_header("Access-Control-Allow-Origin", self._cors_origin)
+            self.send_header("Vary", "Origin")
+        super().end_headers()
+
+    def send_error(self, code, message=None, explain=None):
+        """The standard library's own refusals (a malformed request line, headers too long
+        or too many, an unknown method) in the same JSON shape as every other error."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unreadable request line: answer in HTTP/1.1
+            self.request_version = "HTTP/1.1"
+        text = message or self.responses.get(code, ("error",))[0]
+        try:
+            self.send_json(code, api.ApiError(code, text).body(), close=True)
+        except OSError:
+            pass
+
     def _dispatch(self, method: str) -> None:
         app: routes.App = self.server.app
         path = urlsplit(self.path).path
+        self._cors_origin = None
         try:
-            if app.loopback_only and not is_loopback(host_name(self.headers.get("Host") or "")):
+            host = self.headers.get("Host") or ""
+            if app.loopback_only and not is_loopback(host_name(host)):
                 raise api.ApiError(403, "this server only answers requests addressed to localhost",
                                    code="forbidden_host")  # fmt: skip
+            self._check_origin(app, host)
             if method in ("GET", "HEAD") and (name := static_name(path, app.static)):
                 return self._static(name, head=method == "HEAD")
             handler = app.route(method, path)
             if app.api_key and path not in ("/health", "/props"):  # the page reads /props first
-                auth = self.headers.get("Authorization") or ""
-                if auth != f"Bearer {app.api_key}":
-                    raise api.ApiError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
-                                       "authentication_error", "invalid_api_key")  # fmt: skip
+                if not api.key_matches(self.headers, app.api_key):
+                    raise api.ApiError(401, "a valid API key is required: send 'Authorization: Bearer "
+                                       "KEY' or 'X-Api-Key: KEY'", "authentication_error",
+                                       "invalid_api_key")  # fmt: skip
             body = self._body() if method == "POST" else {}
             handler(self, body)
         except api.ApiError as e:
-            self.send_json(e.status, e.body(), close=e.status in (411, 413))
+            self.send_json(e.status, api.error_body(e, path), close=e.status in (411, 413))
             if e.status == 413:
                 self._drain()
         except (BrokenPipeError, ConnectionResetError):
@@ -126,6 +169,18 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 err = api.ApiError(500, f"internal error: {type(e).__name__}", "server_error")
                 self.send_json(500, err.body(), close=True)
+
+    def _check_origin(self, app, host: str) -> None:
+        """A browser names the page behind a request in Origin. The page this server serves
+        may call it, and so may pages of the origins the user allowed; any other site's page
+        may not drive the local model (even with a "simple" request that needs no preflight)."""
+        origin = self.headers.get("Origin")
+        if origin is None or cors.same_origin(origin, host):
+            return
+        if not app.cors.allows(origin):
+            raise api.ApiError(403, f"web pages on {origin} may not call this server; start it with "
+                               f"--cors-origins {origin} to allow them", code="forbidden_origin")  # fmt: skip
+        self._cors_origin = origin
 
     def _body(self) -> dict:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -203,9 +258,12 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.streaming = True
 
-    def send_event(self, obj) -> None:
+    def send_event(self, obj, event: str | None = None) -> None:
+        """One server-sent event; ``event`` names its type (Anthropic's and the Responses
+        API's streams name every event; OpenAI's chat stream names none)."""
         data = obj if isinstance(obj, str) else json.dumps(obj)
-        self.wfile.write(f"data: {data}\n\n".encode())
+        head = f"event: {event}\n" if event else ""
+        self.wfile.write(f"{head}data: {data}\n\n".encode())
         self.wfile.flush()
 
     def client_gone(self) -> bool:
@@ -215,75 +273,3 @@ class Handler(BaseHTTPRequestHandler):
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
-
-
-def bind(host: str, port: int, explicit_port: bool, app) -> Server:
-    """Bind ``port``, or the next free one when the default port is taken."""
-    tries = 1 if explicit_port or port == 0 else PORT_TRIES
-    for candidate in range(port, port + tries):
-        try:
-            return Server((host, candidate), app)
-        except OSError as e:
-            if e.errno != errno.EADDRINUSE:
-                raise UsageError(f"cannot listen on {host}:{candidate}: {e.strerror}") from None
-    hint = "choose another with --port" if tries == 1 else f"ports {port}-{port + tries - 1} are all taken"
-    raise UsageError(f"port {port} on {host} is already in use; {hint}")
-
-
-def serve(bundle, settings, *, open_browser: bool, verbose: bool = False,
-          cache_dir: str | None = None) -> int:  # fmt: skip
-    host = settings["host"]
-    worker = Worker(bundle, settings, verbose=verbose, cache_dir=cache_dir)
-    app = routes.App(bundle, settings, worker, verbose=verbose, loopback_only=is_loopback(host),
-                     static=_load_static())  # fmt: skip
-    server = bind(host, settings["port"], settings.given("port"), app)
-    port = server.server_address[1]
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
-    if not app.loopback_only:
-        print(f"warning: listening on {host}, reachable from other machines"
-              + ("" if app.api_key else "; set --api-key KEY to require a key"), file=sys.stderr)  # fmt: skip
-    stop = threading.Event()
-
-    def shutdown(*_):
-        if not stop.is_set():
-            stop.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGINT, shutdown)
-    signal.signal(signal.SIGTERM, shutdown)
-    print(f"Serving {bundle.model['name']} at {url} (OpenAI API: {url}v1, Ctrl-C to stop)", flush=True)
-    app.worker.start()
-    threading.Thread(target=_after_load, args=(app, url, open_browser, shutdown), daemon=True).start()
-    try:
-        server.serve_forever(poll_interval=0.1)
-    finally:
-        app.cancel_all()
-        app.worker.stop()
-        server.server_close()
-        app.worker._thread.join(timeout=0.8)
-    if app.worker.state == "failed":
-        print(f"error: {app.worker.error}", file=sys.stderr)
-        return 4
-    return 0
-
-
-def _after_load(app, url: str, open_browser: bool, shutdown) -> None:
-    app.worker.ready.wait()
-    if app.worker.state == "failed":
-        shutdown()
-    elif open_browser and _has_desktop():
-        import webbrowser
-
-        webbrowser.open(url)
-
-
-def _has_desktop() -> bool:
-    if sys.platform in ("darwin", "win32"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def _load_static() -> dict[str, bytes]:
-    d = templates_dir()
-    return {p.name: p.read_bytes() for p in d.glob("*") if p.is_file()} if d.is_dir() else {}

@@ -3,6 +3,7 @@ checks requests and shapes responses, and ``worker.py`` runs the model."""
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 from ..errors import ContextError, UsageError, check_prompt
 from ..llama.job import Job, Sampling
 from ..llama.loading import context_size
-from . import api, generate, shapes
+from . import anthropic, api, generate, native, responses, shapes
+from .cors import CorsPolicy
+from .metrics import Metrics
 
 WAIT_POLL = 0.25  # seconds between checks that a waiting client is still there
 
@@ -29,11 +32,42 @@ class _Tagged:
         self.shared.put((self.index, event))
 
 
+# llama-server's paths (native and OpenAI-style, with and without /v1), Anthropic's
+# Messages API and OpenAI's Responses API: one engine answers them all. A handler is an
+# App method's name or a function of (app, handler, body).
+ROUTES = {
+    ("GET", "/health"): "health",
+    ("GET", "/v1/health"): "health",
+    ("GET", "/props"): native.props,
+    ("GET", "/slots"): native.slots,
+    ("GET", "/metrics"): native.metrics,
+    ("GET", "/v1/models"): "models",
+    ("GET", "/models"): "models",
+    ("POST", "/v1/chat/completions"): "chat",
+    ("POST", "/chat/completions"): "chat",
+    ("POST", "/v1/completions"): "completions",
+    ("POST", "/completion"): native.completion,
+    ("POST", "/completions"): native.completion,
+    ("POST", "/v1/embeddings"): "embeddings",
+    ("POST", "/embedding"): native.embeddings,
+    ("POST", "/embeddings"): native.embeddings,
+    ("POST", "/tokenize"): "tokenize",
+    ("POST", "/detokenize"): "detokenize",
+    ("POST", "/apply-template"): native.apply_template,
+    ("POST", "/v1/messages"): anthropic.messages,
+    ("POST", "/v1/messages/count_tokens"): anthropic.count_tokens,
+    ("POST", "/v1/responses"): responses.create,
+}
+
+
 class App:
     def __init__(self, bundle, settings, worker, *, verbose, loopback_only, static):
         self.bundle, self.worker, self.verbose, self.static = bundle, worker, verbose, static
         self.loopback_only = loopback_only
         self.api_key = settings["api_key"]
+        self.cors = CorsPolicy(settings["cors_origins"])
+        self.metrics = Metrics()
+        self.settings = settings
         self.system_prompt = settings["system"]
         self.defaults, self.default_max = Sampling.from_settings(settings), settings["n_predict"]
         stem = Path(bundle.model["name"]).stem
@@ -44,24 +78,13 @@ class App:
         self.planned_ctx = context_size(settings["ctx_size"], bundle.model["gguf"].get("context_length", 0))
         self.active: set = set()
         self.lock = threading.Lock()
-        self.table = {
-            ("GET", "/health"): self.health,
-            ("GET", "/props"): self.props,
-            ("GET", "/v1/models"): self.models,
-            ("POST", "/v1/chat/completions"): self.chat,
-            ("POST", "/v1/completions"): self.completions,
-            ("POST", "/v1/embeddings"): self.embeddings,
-            ("POST", "/tokenize"): self.tokenize,
-            ("POST", "/detokenize"): self.detokenize,
-        }
-
     def route(self, method: str, path: str):
         if method == "HEAD":
             method = "GET"
-        handler = self.table.get((method, path.rstrip("/") or "/"))
+        handler = ROUTES.get((method, path.rstrip("/") or "/"))
         if handler:
-            return handler
-        if any(p == path for _, p in self.table):
+            return getattr(self, handler) if isinstance(handler, str) else functools.partial(handler, self)
+        if any(p == path for _, p in ROUTES):
             raise api.ApiError(405, f"{method} is not allowed on {path}")
         raise api.ApiError(404, f"unknown route {method} {path}", code="not_found")
 
@@ -78,18 +101,6 @@ class App:
         if w.state == "failed":
             return h.send_json(500, {"status": "error", "error": w.error})
         return h.send_json(200, {"status": "ok", **w.status()})
-
-    def props(self, h, body):
-        engine = self.worker.engine
-        h.send_json(200, {
-            "model": self.model_id,
-            "n_ctx": engine.n_ctx if engine else self.planned_ctx,
-            "system_prompt": self.system_prompt,
-            "chat_template": self.has_template,
-            "greeting": self.greeting,
-            "api_key_required": bool(self.api_key),
-            "ready": self.worker.state == "ready",
-        })  # fmt: skip
 
     def tokenize(self, h, body):
         """llama-server's ``/tokenize``: ``{"content", "add_special"?, "with_pieces"?}``."""
@@ -171,8 +182,11 @@ class App:
                     if isinstance(event[1], UsageError):
                         raise api.ApiError(400, str(event[1]))
                     raise api.ApiError(500, f"generation failed: {event[1]}", "server_error")
+                if event[0] == "done":
+                    left -= 1
+                    if jobs[i].kind == "generate":
+                        self.metrics.record(event[1])
                 yield i, event
-                left -= event[0] == "done"
         finally:
             with self.lock:
                 for job in jobs:
@@ -183,6 +197,16 @@ class App:
     def embeddings(self, h, body):
         api.check_model(body)
         texts, fmt = api.embedding_inputs(body)
+        vectors, n = self.embed(h, texts)
+        if vectors is not None:
+            h.send_json(200, {
+                "object": "list", "model": self.model_id,
+                "data": [shapes.embedding_item(i, v, fmt) for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": n, "total_tokens": n},
+            })  # fmt: skip
+
+    def embed(self, h, texts: list[str]) -> tuple[list | None, int]:
+        """Each text's pooled vector and the tokens read; (None, 0) when the client left."""
         w = self.ready()
         tokens = [self.tokens(w, t, True, "input") for t in texts]
         vectors = None
@@ -192,13 +216,8 @@ class App:
                     vectors = event[1]
         except ClientGone:
             h.close_connection = True
-            return
-        n = sum(len(t) for t in tokens)
-        h.send_json(200, {
-            "object": "list", "model": self.model_id,
-            "data": [shapes.embedding_item(i, v, fmt) for i, v in enumerate(vectors)],
-            "usage": {"prompt_tokens": n, "total_tokens": n},
-        })  # fmt: skip
+            return None, 0
+        return vectors, sum(len(t) for t in tokens)
 
 
 def _piece(raw: bytes):

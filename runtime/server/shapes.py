@@ -21,10 +21,12 @@ def usage(stats) -> dict:
 def timings(stats) -> dict:
     pp, tg = stats.prompt_seconds, stats.generation_seconds
     new_prompt = stats.prompt_tokens - stats.cached_tokens
-    return {
-        "prompt_n": new_prompt, "cached_n": stats.cached_tokens, "prompt_ms": pp * 1e3,
-        "prompt_per_second": new_prompt / pp if pp else 0.0, "predicted_n": stats.completion_tokens,
-        "predicted_ms": tg * 1e3, "predicted_per_second": stats.completion_tokens / tg if tg else 0.0,
+    n = stats.completion_tokens
+    return {  # llama-server's names
+        "cache_n": stats.cached_tokens, "prompt_n": new_prompt, "prompt_ms": pp * 1e3,
+        "prompt_per_token_ms": pp * 1e3 / new_prompt if new_prompt else 0.0,
+        "prompt_per_second": new_prompt / pp if pp else 0.0, "predicted_n": n, "predicted_ms": tg * 1e3,
+        "predicted_per_token_ms": tg * 1e3 / n if n else 0.0, "predicted_per_second": n / tg if tg else 0.0,
     }  # fmt: skip
 
 
