@@ -78,6 +78,7 @@ class App:
         self.planned_ctx = context_size(settings["ctx_size"], bundle.model["gguf"].get("context_length", 0))
         self.active: set = set()
         self.lock = threading.Lock()
+
     def route(self, method: str, path: str):
         if method == "HEAD":
             method = "GET"
