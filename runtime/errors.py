@@ -47,7 +47,7 @@ class ModelError(Failure):
 
 
 class ResourceError(Failure):
-    """Not enough memory or disk for what was asked."""
+    """Not enough memory or disk for what was asked, or no GPU where one was insisted on."""
 
     exit_code = 5
 

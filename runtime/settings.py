@@ -27,6 +27,7 @@ class Setting:
     help: str
     lo: float | None = None
     hi: float | None = None
+    choices: tuple = ()  # the only values allowed, when there is such a list
 
     def parse(self, name: str, raw: object, where: str) -> object:
         """Convert and range-check a value; errors name the setting and where it came from."""
@@ -44,6 +45,8 @@ class Setting:
         except (TypeError, ValueError):
             kind = {int: "an integer", float: "a number", bool: "true or false"}.get(self.type, "text")
             raise UsageError(f"{where}: {name} must be {kind}, not {raw!r}") from None
+        if self.choices and value not in self.choices:
+            raise UsageError(f"{where}: {name} must be one of {', '.join(self.choices)}, not {raw!r}")
         if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
             rng = f"between {self.lo:g} and {self.hi:g}" if self.hi is not None else f"at least {self.lo:g}"
             raise UsageError(f"{where}: {name} must be {rng}, not {raw!r}")
@@ -60,7 +63,13 @@ SETTINGS: dict[str, Setting] = {
     "n_predict": Setting(int, -1, "tokens to generate; -1 until the model stops", -1, 2**31 - 1),
     "ctx_size": Setting(int, 0, "context size in tokens; 0 picks min(model, 4096)", 0, 2**24),
     "threads": Setting(int, 0, "CPU threads; 0 uses the physical cores", 0, 1024),
-    "gpu_layers": Setting(int, -1, "layers to offload to a GPU; -1 all when one is found", -1, 100_000),
+    "gpu_layers": Setting(int, -1, "layers to offload to a GPU; -1 all when one is used", -1, 100_000),
+    "gpu": Setting(
+        str,
+        "auto",
+        "auto (a GPU only where it is faster), vulkan (insist) or cpu",
+        choices=("auto", "vulkan", "cpu"),
+    ),
     "parallel": Setting(int, 4, "server slots: requests decoded together", 1, 64),
     "system": Setting(str, "", "system prompt for chat"),
     "name": Setting(str, "", "the bundle's display name (default: the model file's name)"),

@@ -3,7 +3,7 @@
 import { store } from './store.js';
 
 export const state = {
-  props: { model: '', n_ctx: 0, system_prompt: '', plain_chat: false, greeting: '', api_key_required: false },
+  props: { model: '', n_ctx: 0, system_prompt: '', plain_chat: false, greeting: '', api_key_required: false, device: '', device_why: '' },
   propsLoaded: false,
   apiKey: store.get('apiKey') || '',
   conv: null, // the conversation on screen

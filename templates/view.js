@@ -9,7 +9,7 @@ export const el = {
   prompt: $('prompt'), send: $('send'), stop: $('stop'), composer: $('composer'),
   newChat: $('new-chat'), toggle: $('toggle-sidebar'), main: $('main'), scrim: $('scrim'),
   messages: $('messages'), convs: $('conversations'), model: $('model-name'), note: $('template-note'),
-  ctx: $('ctx-used'), tps: $('tps'), system: $('system-prompt'), sysPreview: $('sys-preview'),
+  ctx: $('ctx-used'), tps: $('tps'), device: $('device'), system: $('system-prompt'), sysPreview: $('sys-preview'),
   keyForm: $('key-form'), keyInput: $('api-key'), keyMsg: $('key-msg'), keyCancel: $('key-cancel'),
 };
 
@@ -103,6 +103,8 @@ export function updateStats() {
   el.ctx.classList.toggle('warn', Boolean(n && used / n > 0.9));
   const last = msgs[lastIndex(msgs, (m) => m.role === 'assistant')];
   el.tps.textContent = last && last.tps ? `${last.tps.toFixed(1)} tok/s` : '\u2013 tok/s';
+  el.device.textContent = state.props.device ? `on ${state.props.device}` : '';
+  el.device.title = state.props.device_why || 'Where the model runs';
 }
 
 export function updatePreview() {

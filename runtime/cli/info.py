@@ -7,21 +7,23 @@ import sys
 
 from .. import __version__
 from ..llama import backend, hardware
-from ..llama.loading import context_size, gpu_plan
+from ..llama.loading import choose_device, context_size
 
 
-def collect(bundle, settings, verbose: bool = False) -> dict:
+def collect(bundle, settings, verbose: bool = False, cache_dir: str | None = None) -> dict:
     backend.init(verbose=verbose)
     hw = hardware.detect()
     devices = backend.devices()
-    layers, note = gpu_plan(settings["gpu_layers"], settings.given("gpu_layers"), hw, devices)
+    plan = choose_device(bundle, settings, cache_dir=cache_dir)
     hw["ggml"] = {
         "cpu_variant": backend.loaded_cpu_variant(),
         "cpu_features": backend.cpu_backend_features(),
         "devices": devices,
-        "gpu_layers": layers,
-        "note": note,
+        "gpu_layers": plan.layers,
+        "note": plan.note,
     }
+    hw["gpu"] = {"device": plan.device, "layers": plan.layers, "why": plan.why, "vulkan": plan.devices,
+                 "layer_count": (bundle.model["gguf"].get("shape") or {}).get("block_count", 0)}  # fmt: skip
     return {
         "runtime": {"llamabundle": __version__, "python": sys.version.split()[0], "os": _os_name()},
         "bundle": {"path": bundle.path, "size": bundle.file_size, "payload_start": bundle.payload_start},
@@ -63,7 +65,12 @@ def show_info(bundle, settings, *, as_json: bool, verbose: bool = False) -> int:
         f"({', '.join(k for k, v in ggml['cpu_features'].items() if v == '1') or 'baseline'})",
         f"Memory    {_mib(hw['memory']['total'])} total, {_mib(hw['memory']['available'])} available",
         f"GPU       CUDA: {_gpu_text(hw['cuda'])}; Metal: {'yes' if hw['metal']['present'] else 'no'}",
-        f"  using   {_placement(ggml)}",
+        *[
+            f"  vulkan  {d['description']} ({d['type']}, {_mib(d['memory'])}): "
+            f"{'usable' if d['usable'] else d['why']}"
+            for d in hw["gpu"]["vulkan"]
+        ],
+        f"  using   {_placement(hw['gpu'])}",
         "Settings",
     ]
     width = max(len(k) for k in settings)
@@ -92,9 +99,12 @@ def _storage_text(model: dict) -> str:
     return "embedded, mapped in place"
 
 
-def _placement(ggml: dict) -> str:
-    where = f"{ggml['gpu_layers']} layers on GPU" if ggml["gpu_layers"] else "CPU only"
-    return where + (f" ({ggml['note']})" if ggml["note"] else "")
+def _placement(g: dict) -> str:
+    if not g["layers"]:
+        return f"the CPU ({g['why']})"
+    total = g["layer_count"]
+    n = min(g["layers"], total + 1) if total else g["layers"]  # llama.cpp counts the output layer too
+    return f"{g['device']}, {n}{f' of {total + 1}' if total else ''} layers ({g['why']})"
 
 
 def _gpu_text(cuda: dict) -> str:

@@ -65,6 +65,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="random seed (-1: random)")
     s.add_argument("-c", "--ctx-size", type=int, help="context size in tokens (0: automatic)")
     s.add_argument("-t", "--threads", type=int, help="CPU threads (0: physical cores)")
+    s.add_argument("--gpu", choices=("auto", "vulkan", "cpu"),
+                   help="auto: a GPU only where it is faster (default); vulkan: insist; cpu")  # fmt: skip
     s.add_argument("-ngl", "--gpu-layers", type=int, help="layers to put on a GPU (-1: all)")
     s.add_argument("-np", "--parallel", type=int, help="server slots: requests decoded together (default 4)")
     s.add_argument("--system", help="system prompt for chat")
@@ -196,7 +198,7 @@ def run(args, prog: str) -> int:
 _SETTING_FLAGS = {
     "n_predict", "temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed",
     "ctx_size", "threads", "gpu_layers", "parallel", "system", "host", "port", "api_key",
-    "cors_origins",
+    "cors_origins", "gpu",
 }  # fmt: skip
 
 

@@ -175,6 +175,13 @@ def recent_logs() -> str:
 _DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 
+def has_module(name: str) -> bool:
+    """Whether a ggml backend module (``vulkan``, ...) ships with this runtime, loaded or not
+    (ggml skips one that cannot load, such as Vulkan's without a Vulkan loader)."""
+    stems = (f"libggml-{name}.so", f"ggml-{name}.dll", f"libggml-{name}.dylib")
+    return any((d / s).exists() for d in backend_dirs() for s in stems)
+
+
 def devices() -> list[dict]:
     lib = ggml()
     out = []

@@ -46,6 +46,7 @@ class Engine:
         self.slots = [Slot(i) for i in range(n_slots)]
         self.clock = 0
         self.generated_tokens = 0  # all tokens generated so far (a counter, like llama-server's metrics)
+        self.placement = None  # where the model runs (llama/gpu.py's Plan), set by open_engine
         self.decodes = 0  # llama_decode calls that succeeded, and the busy slots summed over them
         self.busy_per_decode = 0
         self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end of generation
@@ -97,6 +98,14 @@ class Engine:
         if job.max_tokens == 0:
             self._finish(best, "length")
         return True
+
+    def warm_up(self) -> None:
+        """One throwaway decode, as llama.cpp's tools do at start: a GPU backend builds its
+        pipelines (Vulkan compiles shaders on first use) now, not in the first request."""
+        C = self.C
+        one = (C.llama_token * 1)(max(C.llama_vocab_bos(self.model.vocab), 0))
+        C.llama_decode(self.ptr, C.llama_batch_get_one(one, 1))
+        C.llama_memory_seq_rm(self.mem, 0, -1, -1)
 
     def generate(self, job: Job) -> Iterator[str]:
         """Run ``job`` on this thread and yield its text as it comes (``-p`` and ``--cli``:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from pathlib import Path
 
 # CPU flags (as /proc/cpuinfo names them) that decide which ggml CPU variant can run.
 CPU_FLAGS = (
@@ -171,3 +172,15 @@ def detect() -> dict:
         "metal": metal(),
         "cuda": cuda(),
     }
+
+
+def gpu_hint() -> bool:
+    """Whether the machine shows a display controller outside Vulkan (Linux: a DRM device
+    whose PCI class is 0x03xxxx), so a GPU that Vulkan cannot reach is worth a word."""
+    try:
+        for card in Path("/sys/class/drm").glob("card[0-9]*"):
+            if (card / "device" / "class").read_text().startswith("0x03"):
+                return True
+    except OSError:
+        pass
+    return False

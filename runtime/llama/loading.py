@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from contextlib import contextmanager
 
 from ..bundle import source
-from ..progress import Progress
-from . import backend, hardware
+from ..progress import Progress, Waiting
+from . import backend, gpu, gpu_probe, hardware, vulkan
 from .engine import Engine
 from .memory import DEFAULT_CTX, plan_context
 from .model import Model
@@ -15,21 +16,27 @@ from .model import Model
 LOAD_BAR_FROM = 256 << 20  # models smaller than this load too fast for a progress bar
 
 
-def gpu_plan(requested: int, given: bool, hw: dict, devices: list[dict]) -> tuple[int, str | None]:
-    """Layers to offload, and a one-line note when a GPU was wanted but cannot be used.
-    ``given``: the user chose ``requested`` (not llamabundle's default)."""
-    gpus = [d for d in devices if d["type"] in ("gpu", "igpu")]
-    if gpus:
-        return (requested if requested >= 0 else 999), None
-    drivers = [n for n, key in (("CUDA", "cuda"), ("Metal", "metal")) if hw[key]["present"]]
-    if drivers:
-        return 0, (
-            f"{' and '.join(drivers)} found, but this bundle has no {drivers[0]} backend for it; "
-            "running on the CPU"
-        )
-    if requested > 0 and given:
-        return 0, "no GPU found; running on the CPU"
-    return 0, None
+def choose_device(
+    bundle, settings, *, files=None, threads: int = 1, cache_dir: str | None = None
+) -> gpu.Plan:
+    """Where the model runs (``gpu.py``). With ``files``, an integrated GPU that has not been
+    measured yet is measured now; without (``--info``), the plan says it will be."""
+    mode = settings["gpu"]
+    report = vulkan.probe() if mode != "cpu" and backend.has_module("vulkan") else None
+    hint = hardware.gpu_hint() or hardware.cuda()["present"]
+    p = gpu.plan(mode, settings["gpu_layers"], settings.given("gpu_layers"), report, backend.devices(),
+                 bundle.model["size"], hint)  # fmt: skip
+    if p.probe is not None:
+        known = gpu_probe.cached(p, bundle.model["sha256"], source.cache_root(cache_dir))
+        if known is not None:
+            p = known
+        elif files is not None:
+            print(
+                f"Measuring {p.probe['description']} against the CPU (once for this model)...",
+                file=sys.stderr,
+            )
+            p = gpu_probe.settle(p, files, bundle.model["sha256"], threads, source.cache_root(cache_dir))
+    return p
 
 
 def context_size(requested: int, n_ctx_train: int) -> int:
@@ -46,10 +53,33 @@ def open_engine(bundle, settings, *, n_slots: int = 1, verbose: bool = False, ca
     n_ctx = plan_context(bundle.model, settings["ctx_size"])
     files = source.locate(bundle, cache_dir)
     backend.init(verbose=verbose)
-    hw = {"cuda": hardware.cuda(), "metal": hardware.metal()}
-    layers, note = gpu_plan(settings["gpu_layers"], settings.given("gpu_layers"), hw, backend.devices())
-    if note:
-        print(note, file=sys.stderr)
+    threads = settings["threads"] or hardware.physical_cores()
+    plan = choose_device(bundle, settings, files=files, threads=threads, cache_dir=cache_dir)
+    if plan.note:
+        print(plan.note, file=sys.stderr)
+    # A GPU's first use can take a while (Vulkan compiles its shaders): say so if it does.
+    label = f"Preparing {plan.name} (its shaders are compiled on first use)"
+    with Waiting(label) if plan.layers else contextlib.nullcontext():
+        model = _load_model(bundle, files, plan.layers)
+        engine = None
+        try:
+            engine = Engine(model, n_ctx=n_ctx, n_threads=threads, n_slots=n_slots)
+            engine.placement = plan
+            if plan.layers:
+                engine.warm_up()
+        except BaseException:
+            if engine is not None:
+                engine.close()
+            model.close()
+            raise
+    try:
+        yield engine
+    finally:
+        engine.close()
+        model.close()
+
+
+def _load_model(bundle, files, layers: int) -> Model:
     size = bundle.model["size"]
     with Progress("Loading the model", size) as bar:
         shown = [0]
@@ -60,13 +90,4 @@ def open_engine(bundle, settings, *, n_slots: int = 1, verbose: bool = False, ca
             shown[0] = done
 
         watch = on_progress if size > LOAD_BAR_FROM and bar.enabled else None
-        model = Model(files.paths, files.offset, n_gpu_layers=layers, progress=watch)
-    engine = None
-    try:
-        threads = settings["threads"] or hardware.physical_cores()
-        engine = Engine(model, n_ctx=n_ctx, n_threads=threads, n_slots=n_slots)
-        yield engine
-    finally:
-        if engine is not None:
-            engine.close()
-        model.close()
+        return Model(files.paths, files.offset, n_gpu_layers=layers, progress=watch)

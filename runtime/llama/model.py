@@ -70,6 +70,7 @@ class Model:
         self.C, self._fp, self._eog = C, None, None
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        self.n_gpu_layers = n_gpu_layers
         params.load_mode = LOAD_MODE_MMAP
         if progress is not None:
             self._on_progress = C.llama_progress_callback(lambda frac, _ud: progress(frac) or True)
@@ -159,6 +160,9 @@ def new_context(model: Model, *, n_ctx: int, n_threads: int, n_batch: int, n_seq
     params.kv_unified = True
     params.n_threads = params.n_threads_batch = n_threads
     params.no_perf = True
+    # With no layer on a GPU, llama.cpp would still send large prompt batches to one (op
+    # offload): on an integrated GPU or a CPU renderer that is many times slower.
+    params.op_offload = model.n_gpu_layers > 0
     if embeddings:
         params.embeddings = True
         params.pooling_type = POOLING_MEAN

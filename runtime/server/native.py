@@ -38,6 +38,7 @@ def props(app, h, body) -> None:
         "greeting": app.greeting,
         "api_key_required": bool(app.api_key),
         "ready": w.state == "ready",
+        **w.device(),
     }
     if engine:
         out["bos_token"], out["eos_token"] = _special_text(engine.model)

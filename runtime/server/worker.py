@@ -44,7 +44,14 @@ class Worker:
         busy = bool(engine and engine.active) or self._embedding
         generated = engine.generated_tokens if engine else 0
         return {"state": self.state, "busy": busy, "queued": len(self.waiting) + self.jobs.qsize(),
-                "slots": self.n_slots, "generated_tokens": generated}  # fmt: skip
+                "slots": self.n_slots, "generated_tokens": generated, **self.device()}  # fmt: skip
+
+    def device(self) -> dict:
+        """Where the model runs, for /health, /props and the page: "CPU" or the GPU's name."""
+        plan = getattr(self.engine, "placement", None)
+        if plan is None:
+            return {}
+        return {"device": plan.name, "device_why": plan.why, "gpu_layers": plan.layers}
 
     def submit(self, job: Job) -> Job:
         self.jobs.put(job)
