@@ -79,6 +79,15 @@ SETTINGS: dict[str, Setting] = {
     "port": Setting(int, 8080, "server port; if taken, the next free one is used", 0, 65535),
     "api_key": Setting(str, "", "require this key (Authorization: Bearer KEY) for the API"),
     "cors_origins": Setting(str, "", "web origins allowed to call the API (comma-separated, or *)"),
+    "max_connections": Setting(
+        int, 0, "open connections the server holds; 0: from the file limit, at most 4096", 0, 1_000_000
+    ),
+    "header_timeout": Setting(float, 10.0, "seconds a request's line and headers may take", 0.1, 3600),
+    "body_timeout": Setting(float, 30.0, "seconds a request body may stall", 0.1, 3600),
+    "idle_timeout": Setting(float, 15.0, "seconds an idle keep-alive connection stays open", 0.1, 3600),
+    "send_timeout": Setting(
+        float, 60.0, "seconds a client may stop reading an answer before it is dropped", 0.1, 3600
+    ),
 }
 
 # GGUF keys a model may carry for its own recommended sampling.

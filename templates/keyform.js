@@ -14,6 +14,7 @@ export function askKey(message, retry) {
   if (state.apiKey) setApiKey('');
   el.keyForm.hidden = false;
   el.keyInput.value = '';
+  el.keyRemember.checked = false;
   el.keyInput.focus();
 }
 
@@ -29,7 +30,7 @@ export function initKeyForm(afterSave) {
     e.preventDefault();
     const v = el.keyInput.value.trim();
     if (!v) { el.keyInput.focus(); return; }
-    setApiKey(v);
+    setApiKey(v, el.keyRemember.checked);
     const retry = keyRetry;
     closeKeyForm();
     if (retry) retry();

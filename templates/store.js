@@ -11,6 +11,14 @@ export const store = {
   del(k) { try { localStorage.removeItem(PREFIX + k); } catch { /* disabled */ } },
 };
 
+// This tab only, gone when it closes: where an API key lives unless the user asks the
+// page to remember it (a key in localStorage outlives the session and any shared use).
+export const session = {
+  get(k) { try { return sessionStorage.getItem(PREFIX + k); } catch { return null; } },
+  set(k, v) { try { sessionStorage.setItem(PREFIX + k, v); } catch { /* disabled */ } },
+  del(k) { try { sessionStorage.removeItem(PREFIX + k); } catch { /* disabled */ } },
+};
+
 export function newConv() {
   const id = Date.now().toString(36) + Math.random().toString(36).slice(2, 7);
   return { id, title: '', system: null, messages: [], updated: Date.now() };

@@ -10,7 +10,7 @@ export const el = {
   newChat: $('new-chat'), toggle: $('toggle-sidebar'), main: $('main'), scrim: $('scrim'),
   messages: $('messages'), convs: $('conversations'), model: $('model-name'), note: $('template-note'),
   ctx: $('ctx-used'), tps: $('tps'), device: $('device'), system: $('system-prompt'), sysPreview: $('sys-preview'),
-  keyForm: $('key-form'), keyInput: $('api-key'), keyMsg: $('key-msg'), keyCancel: $('key-cancel'),
+  keyForm: $('key-form'), keyInput: $('api-key'), keyMsg: $('key-msg'), keyCancel: $('key-cancel'), keyRemember: $('key-remember'),
 };
 
 // What the message buttons do (set by chat.js).

@@ -66,6 +66,7 @@ class FakeModel:
         self.C.model = self
         self.ptr = object()
         self.n_vocab = n_vocab
+        self.n_gpu_layers = 0  # the CPU: no op offload
         self.pieces: dict[int, bytes] = {EOG: b"</s>", FILLER: FILLER_PIECE}
         self.script: dict[int, int] = {}
         self._next_id = 10_000

@@ -323,9 +323,20 @@ def test_api_key_form(page, server):
     _wait(lambda: page.text_content("#model-name") == "stories260K")
     assert page.is_hidden("#key-form")
     assert seen[-1] == "Bearer sesame", seen
-    assert page.evaluate("() => localStorage.getItem('llamabundle.apiKey')") == "sesame"
+    # This tab only, unless asked to remember it.
+    assert page.evaluate("() => sessionStorage.getItem('llamabundle.apiKey')") == "sesame"
+    assert page.evaluate("() => localStorage.getItem('llamabundle.apiKey')") is None
     _ask_and_stop(page, "Once upon a time", 10)  # the chat request carries the key too
     assert page.locator("#messages .msg.error").count() == 0
+    page.evaluate("() => sessionStorage.clear()")
+    page.reload()
+    _wait(lambda: page.is_visible("#key-form"))
+    page.fill("#api-key", "sesame")
+    page.check("#key-remember")
+    page.press("#api-key", "Enter")
+    _wait(lambda: page.text_content("#model-name") == "stories260K")
+    assert page.evaluate("() => localStorage.getItem('llamabundle.apiKey')") == "sesame"
+    assert page.evaluate("() => sessionStorage.getItem('llamabundle.apiKey')") is None
 
 
 THINKING = "The user greets me. **Be friendly.**\n\n- say hello\n- ask back\n\n<script>alert(1)</script>\n"

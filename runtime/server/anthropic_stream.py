@@ -156,7 +156,7 @@ def stream(app, h, p) -> None:
         h.send_event({"type": "message_stop"}, event="message_stop")
     except api.ApiError as e:
         h.send_event(api.error_body(e, PATH), event="error")
-    except (BrokenPipeError, ConnectionResetError):
+    except api.CLIENT_GONE:
         job.cancelled.set()
     finally:
         events.close()

@@ -27,6 +27,10 @@ COMMON = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k"
           "presence_penalty", "response_format", "json_schema", "grammar"}  # fmt: skip
 
 
+# A client that went away, or stopped reading until the send timeout (front.py) ran out.
+CLIENT_GONE = (BrokenPipeError, ConnectionResetError, TimeoutError)
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
                  code: str | None = None, param: str | None = None):  # fmt: skip

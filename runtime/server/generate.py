@@ -174,7 +174,7 @@ def _stream(app, h, req, jobs, replies, kind, env) -> None:
         h.send_event("[DONE]")
     except api.ApiError as e:
         h.send_event(e.body())
-    except (BrokenPipeError, ConnectionResetError):
+    except api.CLIENT_GONE:
         for job in jobs:
             job.cancelled.set()
     finally:

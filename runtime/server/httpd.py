@@ -15,7 +15,7 @@ import os
 import select
 import socket
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from . import api, cors, routes
@@ -56,22 +56,29 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr, app: routes.App):
-        self.app = app
-        if ":" in addr[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(addr, Handler)
-
-
 class Handler(BaseHTTPRequestHandler):
+    """One request on a connection the front (``connections.py``) read the head of; the
+    connection goes back to the front afterwards unless it is to close."""
+
     protocol_version = "HTTP/1.1"
     server_version = "llamabundle"
     sys_version = ""
     streaming = False
+    unread_body = False
+
+    def __init__(self, conn, addr, server, reader, writer):
+        self.rfile, self.wfile = reader, writer
+        super().__init__(conn.sock, addr, server)
+
+    def setup(self):  # rfile and wfile are the front's (bytes it already read, timeouts)
+        self.connection = self.request
+
+    def handle(self):
+        self.close_connection = True
+        self.handle_one_request()
+
+    def finish(self):
+        pass
 
     def log_message(self, fmt, *args):
         if self.server.app.verbose:
@@ -157,10 +164,11 @@ class Handler(BaseHTTPRequestHandler):
             body = self._body() if method == "POST" else {}
             handler(self, body)
         except api.ApiError as e:
-            self.send_json(e.status, api.error_body(e, path), close=e.status in (411, 413))
+            close = e.status in (408, 411, 413) or self.unread_body
+            self.send_json(e.status, api.error_body(e, path), close=close)
             if e.status == 413:
                 self._drain()
-        except (BrokenPipeError, ConnectionResetError):
+        except api.CLIENT_GONE:
             self.close_connection = True
         except Exception as e:  # a bug of ours: answer 500 in OpenAI's shape, keep serving
             print(f"error: {method} {path}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -190,7 +198,15 @@ class Handler(BaseHTTPRequestHandler):
             raise api.ApiError(411, "a Content-Length header is required")
         if length > MAX_BODY:
             raise api.ApiError(413, self._too_large())
-        return api.parse_body(self.rfile.read(length))
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            self.unread_body = True
+            raise api.ApiError(408, "the request body did not arrive in time") from None
+        if len(data) < length:
+            self.unread_body = True  # the rest may still come: nothing after it can be trusted
+            raise api.ApiError(400, f"the request body ended after {len(data)} of its {length} bytes")
+        return api.parse_body(data)
 
     def handle_expect_100(self) -> bool:
         """Refuse an oversized upload before the client sends it (curl asks first)."""
@@ -269,7 +285,20 @@ class Handler(BaseHTTPRequestHandler):
     def client_gone(self) -> bool:
         """True once the client closed its side (checked while it waits for us)."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            if hasattr(select, "poll"):  # select() cannot take descriptors past 1024
+                p = select.poll()
+                p.register(self.connection, select.POLLIN)
+                readable = bool(p.poll(0))
+            else:
+                readable = bool(select.select([self.connection], [], [], 0)[0])
+            if not readable:
+                return False
+            self.connection.setblocking(False)
+            try:
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            finally:
+                self.connection.setblocking(True)
+        except BlockingIOError:
+            return False
         except OSError:
             return True

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from ..errors import UsageError
 from . import cors, routes
-from .httpd import Server, is_loopback
+from .connections import Server
+from .front import Limits
+from .httpd import Handler, is_loopback
 from .worker import Worker
 
 PORT_TRIES = 20
@@ -23,12 +25,12 @@ def templates_dir() -> Path:
     return Path(base) / "templates" if base else Path(__file__).resolve().parents[2] / "templates"
 
 
-def bind(host: str, port: int, explicit_port: bool, app) -> Server:
+def bind(host: str, port: int, explicit_port: bool, app, limits: Limits) -> Server:
     """Bind ``port``, or the next free one when the default port is taken."""
     tries = 1 if explicit_port or port == 0 else PORT_TRIES
     for candidate in range(port, port + tries):
         try:
-            return Server((host, candidate), app)
+            return Server((host, candidate), app, Handler, limits)
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise UsageError(f"cannot listen on {host}:{candidate}: {e.strerror}") from None
@@ -36,12 +38,12 @@ def bind(host: str, port: int, explicit_port: bool, app) -> Server:
     raise UsageError(f"port {port} on {host} is already in use; {hint}")
 
 
-def bind_all(hosts: list[str], port: int, explicit_port: bool, app) -> list[Server]:
+def bind_all(hosts: list[str], port: int, explicit_port: bool, app, limits: Limits) -> list[Server]:
     """One server per address, all on the port the first one got."""
     servers: list[Server] = []
     try:
         for host in hosts:
-            servers.append(bind(host, port, explicit_port or bool(servers), app))
+            servers.append(bind(host, port, explicit_port or bool(servers), app, limits))
             port = servers[0].server_address[1]
     except UsageError:
         for server in servers:
@@ -67,7 +69,8 @@ def serve(bundle, settings, *, open_browser: bool, verbose: bool = False,
     worker = Worker(bundle, settings, verbose=verbose, cache_dir=cache_dir)
     app = routes.App(bundle, settings, worker, verbose=verbose,
                      loopback_only=all(is_loopback(h) for h in hosts), static=_load_static())  # fmt: skip
-    servers = bind_all(hosts, settings["port"], settings.given("port"), app)
+    limits = Limits.from_settings(settings, settings["parallel"])
+    servers = bind_all(hosts, settings["port"], settings.given("port"), app, limits)
     port = servers[0].server_address[1]
     host = hosts[0]
     shown = f"[{host}]" if ":" in host else host

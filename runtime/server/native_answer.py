@@ -52,7 +52,7 @@ def _stream(app, h, req, job) -> None:
                 h.send_event(_final(app, req, job, "", []))
     except api.ApiError as e:
         h.send_event(e.body())
-    except (BrokenPipeError, ConnectionResetError):
+    except api.CLIENT_GONE:
         job.cancelled.set()
     finally:
         events.close()

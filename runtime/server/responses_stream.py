@@ -139,7 +139,7 @@ def stream(app, h, p, shell: dict, done) -> None:
         emit(f"response.{final['status']}", response=final)
     except api.ApiError as e:
         emit("error", code=e.code or e.type, message=e.message, param=e.param)
-    except (BrokenPipeError, ConnectionResetError):
+    except api.CLIENT_GONE:
         for job in p.jobs:
             job.cancelled.set()
     finally:
