@@ -10,8 +10,9 @@ import pytest
 
 from bundler import fuse
 from runtime.bundle import payload
-from runtime.server import httpd as server
-from runtime.server import routes
+from runtime.server import httpd, routes
+from runtime.server.connections import Server
+from runtime.server.front import Limits
 from runtime.server.worker import Worker
 from runtime.settings import resolve
 
@@ -32,7 +33,7 @@ def test_health_reports_loading_then_ready(dummy_stub, model, tmp_path):
     settings = resolve({"port": 0}, environ={})
     worker = Worker(bundle, settings)  # not started yet: the model is still loading
     app = routes.App(bundle, settings, worker, verbose=False, loopback_only=True, static={})
-    srv = server.Server(("127.0.0.1", 0), app)
+    srv = Server(("127.0.0.1", 0), app, httpd.Handler, Limits())
     port = srv.server_address[1]
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
@@ -51,9 +52,9 @@ def test_health_reports_loading_then_ready(dummy_stub, model, tmp_path):
 
 
 def test_host_header_parsing():
-    assert server.host_name("localhost:8080") == "localhost"
-    assert server.host_name("[::1]:8080") == "::1"
-    assert server.is_loopback("127.0.0.2") and server.is_loopback("::1")
-    assert server.is_loopback("app.localhost")
-    assert not server.is_loopback("example.com") and not server.is_loopback("")
-    assert not server.is_loopback("192.168.1.10")
+    assert httpd.host_name("localhost:8080") == "localhost"
+    assert httpd.host_name("[::1]:8080") == "::1"
+    assert httpd.is_loopback("127.0.0.2") and httpd.is_loopback("::1")
+    assert httpd.is_loopback("app.localhost")
+    assert not httpd.is_loopback("example.com") and not httpd.is_loopback("")
+    assert not httpd.is_loopback("192.168.1.10")

@@ -207,6 +207,8 @@ def test_a_reader_that_stops_is_dropped_and_its_slot_freed(chat_bundle):
             sock.connect(("127.0.0.1", s.port))
             sock.sendall(_stream_request("Tell me a long story.", 4000))  # a minute or more of work
             deadline = time.monotonic() + 240  # the send buffer fills in seconds, longer on a busy machine
+            while not get(s.url, "/health")[1]["busy"] and time.monotonic() < deadline:
+                time.sleep(0.1)  # the generation starts
             while get(s.url, "/health")[1]["busy"] and time.monotonic() < deadline:
                 time.sleep(0.5)  # never read: the send buffer fills, then the send timeout runs
             assert not get(s.url, "/health")[1]["busy"], "the stalled stream still holds its slot"

@@ -46,7 +46,7 @@ class Limits:
     body_timeout: float = 30.0
     idle_timeout: float = 15.0
     send_timeout: float = 60.0
-    max_connections: int = 0  # 0: from the open-file limit, at most 4096
+    max_connections: int = 4096  # from_settings sizes it from the open-file limit
     workers: int = 16  # threads for requests other than GET/HEAD/OPTIONS
 
     @classmethod
