@@ -175,6 +175,9 @@ def test_every_refusal_is_json(served):
         conn.close()
     raw = socket.create_connection(("127.0.0.1", served.port), timeout=10)
     raw.sendall(b"GARBAGE\r\n\r\n")
-    answer = raw.recv(4096).decode()
+    data = b""
+    while chunk := raw.recv(4096):  # the server closes after its answer
+        data += chunk
     raw.close()
+    answer = data.decode()
     assert answer.startswith("HTTP/1.") and " 400 " in answer.split("\r\n")[0] and '"error"' in answer
