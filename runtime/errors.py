@@ -16,6 +16,7 @@ turns them into click errors at the edge, nowhere else. A bundle and
  5    not enough memory or disk (``ResourceError``)
  6    the output path cannot be written (``OutputError``, bundler)
  7    the runtime stub could not be built or found (``StubError``, bundler)
+ 8    an RPC worker cannot be reached, is refused, or went away (``PeerError``)
  70   an internal error (a bug of ours), still one line
  130  interrupted (Ctrl-C);  143  terminated (SIGTERM)
 ====  ===================================================================
@@ -50,6 +51,12 @@ class ResourceError(Failure):
     """Not enough memory or disk for what was asked, or no GPU where one was insisted on."""
 
     exit_code = 5
+
+
+class PeerError(Failure):
+    """An RPC worker that cannot be reached, runs another version, or went away."""
+
+    exit_code = 8
 
 
 class ContextError(UsageError):

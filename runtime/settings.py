@@ -70,6 +70,8 @@ SETTINGS: dict[str, Setting] = {
         "auto (a GPU only where it is faster), vulkan (insist) or cpu",
         choices=("auto", "vulkan", "cpu"),
     ),
+    "rpc": Setting(str, "", "RPC workers to spread the model over: host:port,... (--rpc-worker on each)"),
+    "tensor_split": Setting(str, "", "shares of the model: this machine's, then each --rpc worker's (2,1,1)"),
     "parallel": Setting(int, 4, "server slots: requests decoded together", 1, 64),
     "system": Setting(str, "", "system prompt for chat"),
     "name": Setting(str, "", "the bundle's display name (default: the model file's name)"),

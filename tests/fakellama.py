@@ -67,6 +67,7 @@ class FakeModel:
         self.ptr = object()
         self.n_vocab = n_vocab
         self.n_gpu_layers = 0  # the CPU: no op offload
+        self.remote = False  # no layer on an RPC worker
         self.pieces: dict[int, bytes] = {EOG: b"</s>", FILLER: FILLER_PIECE}
         self.script: dict[int, int] = {}
         self._next_id = 10_000

@@ -86,9 +86,10 @@ def test_run_writes_every_row_with_numbers(stub, model, reference_tools, tmp_pat
         assert label in text, label
     rows = [line.split("|")[1:-1] for line in text.splitlines() if re.match(r"\| \d \|", line)]
     cells = [[c.strip() for c in row] for row in rows]
-    assert {c[0] for c in cells} == {"1", "2", "3", "4", "5", "6", "7"}
-    # -p and HTTP pp/tg; first token, /health; 1, 2 clients; RSS; build, --compress; stub; row 7's three
-    assert len(cells) == 4 + 2 + 2 + 1 + 2 + 1 + 3
+    assert {c[0] for c in cells} == {"1", "2", "3", "4", "5", "6", "7", "8"}
+    # -p and HTTP pp/tg; first token, /health; 1, 2 clients; RSS; build, --compress; stub; row 7's
+    # three; row 8's pooled, and pooled behind two delays
+    assert len(cells) == 4 + 2 + 2 + 1 + 2 + 1 + 3 + 3
     for number, what, ours, ref, ratio, target, met in cells:
         assert re.match(NUMBER + r" (tok/s|s|MB)", ours), (what, ours)
         if number != "6":  # the stub has no reference

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -266,3 +268,60 @@ def test_a_bundle_named_outside_the_ansi_code_page(tales_exe, tmp_path):
     proc = wine(exe, "--info")
     assert proc.returncode == 0, proc.stderr
     assert "故事 ✓\\故事.exe" in proc.stdout
+
+
+def test_the_gpu_and_rpc_modules_ship_and_vulkan_failing_is_said(tales_exe, windows_stub):
+    """Wine 8's Vulkan (vulkan-1.dll over the host's loader and lavapipe) cannot start a
+    Vulkan 1.2 instance, which ggml needs: the module loads, says so itself (on Windows its
+    line cannot be caught, see runtime/llama/backend.py), finds nothing, and the bundle runs
+    on the CPU; insisting on it is our one line and exit 5."""
+    ggml_says = "ggml_vulkan: Error: Vulkan 1.2 required."
+    proc = wine(tales_exe, "--info", "--json")
+    assert proc.returncode == 0 and proc.stderr.strip() in ("", ggml_says), proc.stderr
+    gpu = json.loads(proc.stdout)["hardware"]["gpu"]
+    assert gpu["layers"] == 0 and gpu["why"] != "this bundle has no GPU module", gpu
+    insisted = wine(tales_exe, "-p", PROMPT, "-n", "4", "--gpu", "vulkan")
+    ours = [line for line in insisted.stderr.splitlines() if line != ggml_says]
+    assert_one_line_error(_with_stderr(insisted, ours), "--gpu vulkan", "Vulkan 1.2")
+    assert insisted.returncode == 5
+
+
+def _with_stderr(proc: subprocess.CompletedProcess, lines: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, "\n".join(lines))
+
+
+def test_the_vulkan_module_imports_only_what_the_vulkan_loader_exports(windows_stub):
+    """Linked against an import library made from the headers (bundler/windows/vulkan.py):
+    every function it imports must be one vulkan-1.dll exports, or Windows would refuse
+    to load it. Wine's vulkan-1.dll exports what the Khronos loader does."""
+    from bundler.windows import vulkan
+
+    loader = next(Path("/usr/lib").glob("*/wine/x86_64-windows/vulkan-1.dll"))  # Debian's wine64
+    dump = subprocess.run(["x86_64-w64-mingw32-objdump", "-p", str(loader)], capture_output=True, text=True)
+    exported = set(re.findall(r"\]\s+(vk\w+)", dump.stdout))
+    imported = vulkan.imports(_dlls(windows_stub) / "ggml-vulkan.dll", "x86_64-w64-mingw32-objdump")
+    assert len(exported) > 100 and "vkGetInstanceProcAddr" in imported, (len(exported), imported)
+    assert set(imported) <= exported, set(imported) - exported
+
+
+def test_a_windows_worker_lends_its_cpu_to_a_linux_leader(tales_exe, bundle):
+    """RPC across OSes: the Windows bundle under Wine as the worker, the Linux one leads."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = subprocess.Popen(["wine", str(tales_exe), "--rpc-worker", "--port", str(port), "-t", "1"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=wine_env(), text=True)  # fmt: skip
+    try:
+        said = [worker.stderr.readline()]
+        while said[-1] and "RPC worker" not in said[-1]:  # after ggml's Vulkan line, under Wine
+            said.append(worker.stderr.readline())
+        assert "RPC worker" in said[-1], said
+        ask = ("-p", PROMPT, "--raw", "-n", "32", "--temp", "0")
+        alone = run_exe(bundle, *ask)
+        split = run_exe(bundle, *ask, "--rpc", f"127.0.0.1:{port}", timeout=300)
+        assert split.returncode == 0, split.stderr
+        assert split.stdout == alone.stdout and alone.stdout.strip()
+    finally:
+        worker.kill()
+        worker.wait(timeout=30)

@@ -11,6 +11,8 @@ every CPU variant as its own module, loaded at run time), with three changes:
 * ggml's own thread pool instead of OpenMP: with mingw's libgomp, stories260K
   generated 44-49 tokens/s on 2 threads under Wine, with ggml's pool 480 (1,700 on
   one thread either way; bench/windows.py). Linux keeps OpenMP.
+* ggml's Vulkan and RPC backends are built too, as two more modules (``vulkan.py``),
+  with the changes bundler/ggml_source.py makes to their sources on Linux too.
 * GCC 12 cannot assemble the ``sapphirerapids`` (AMX) variant for mingw; the
   sources already leave AMX out for MSVC, and we leave it out for mingw (in a
   scratch copy of the sources: ggml makes every variant a dependency of ggml).
@@ -26,20 +28,22 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from .. import ggml_source
 from ..errors import StubError
-from . import toolchain
+from . import toolchain, vulkan
 from .toolchain import MINGW, tool
 
 FLAGS = ("-DBUILD_SHARED_LIBS=ON", "-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON",
          "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
          "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_COMMON=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_CURL=OFF",
-         "-DCMAKE_BUILD_TYPE=Release", "-DGGML_OPENMP=OFF")  # fmt: skip
+         "-DCMAKE_BUILD_TYPE=Release", "-DGGML_OPENMP=OFF", "-DGGML_RPC=ON")  # fmt: skip
 SKIP_VARIANTS = {"sapphirerapids": "GCC 12 cannot assemble its AMX code for mingw"}
 LEFT_OUT = "# left out by llamabundle: "
 VARIANTS_ENV = "LLAMABUNDLE_WINDOWS_CPU_VARIANTS"  # a comma list, to build fewer (tests); default all
 # The mingw runtime DLLs the llama.cpp DLLs link (C++ and threads).
 MINGW_DLLS = ("libgcc_s_seh-1.dll", "libstdc++-6.dll", "libwinpthread-1.dll")
 LIBS = ("llama.dll", "ggml.dll", "ggml-base.dll")
+MODULES = ("ggml-vulkan.dll", "ggml-rpc.dll")  # backends beside the CPU variants
 THROTTLING_H = """\
 /* mingw-w64 10 lacks what ggml-cpu.c needs to opt out of Windows 11's core parking
    (added in mingw-w64 11). Written by llamabundle's Windows cross-build. */
@@ -91,8 +95,9 @@ def location() -> Path:
     """Where the DLLs built from this sdist, compiler and variant choice are cached."""
     tool("cmake"), tool("ninja"), tool("windres")
     cc, cxx = tool("cc"), tool("cxx")
-    k = toolchain.key("llama-dlls-2", sdist(), " ".join(FLAGS), toolchain.tool_version(cc),
-                      toolchain.tool_version(cxx), ",".join(variants_wanted() or ["all"]))  # fmt: skip
+    k = toolchain.key("llama-dlls-3", sdist(), " ".join(FLAGS), toolchain.tool_version(cc),
+                      toolchain.tool_version(cxx), ",".join(variants_wanted() or ["all"]),
+                      Path(ggml_source.__file__), *vulkan.key_parts())  # fmt: skip
     return toolchain.cache_dir() / "windows" / f"llama-{version()}-{k}"
 
 
@@ -105,6 +110,11 @@ def _build(src: Path, out: Path, work: Path, cc: str, cxx: str, wanted: list[str
     top = next((work / "src").iterdir())
     llama_src = top / "vendor" / "llama.cpp"
     _choose_variants(llama_src / "ggml" / "src" / "CMakeLists.txt", wanted)
+    try:
+        ggml_source.rpc(llama_src)
+        flags = vulkan.configure(llama_src, work, tool("dlltool"))
+    except ggml_source.SourceChanged as e:
+        raise StubError(str(e)) from None
     cmake_file = work / "mingw.cmake"
     cmake_file.write_text(_toolchain_file(cc, cxx))
     cflags = ""
@@ -114,17 +124,19 @@ def _build(src: Path, out: Path, work: Path, cc: str, cxx: str, wanted: list[str
     build = work / "build"
     configure = [tool("cmake"), "-S", str(llama_src), "-B", str(build), "-G", "Ninja",
                  f"-DCMAKE_TOOLCHAIN_FILE={cmake_file}", f"-DCMAKE_C_FLAGS={cflags}",
-                 f"-DCMAKE_MAKE_PROGRAM={tool('ninja')}", *FLAGS]  # fmt: skip
+                 f"-DCMAKE_MAKE_PROGRAM={tool('ninja')}", *FLAGS,
+                 *flags]  # fmt: skip
     toolchain.run(configure, "configuring llama.cpp for Windows (cmake)")
     variants = _variants(build)
     log(f"    {len(variants)} CPU variants: {', '.join(variants)}")
     jobs = str(os.cpu_count() or 2)
-    toolchain.run_counted([tool("cmake"), "--build", str(build), "-j", jobs, "--target", "llama"],
+    targets = ["--target", "llama", *(m.removesuffix(".dll") for m in MODULES)]
+    toolchain.run_counted([tool("cmake"), "--build", str(build), "-j", jobs, *targets],
                           "cross-compiling llama.cpp with mingw-w64", log)  # fmt: skip
     # mingw's platform files name llama's DLL libllama.dll whatever the toolchain file says
     # (ggml names its own); the bindings load either name, and nothing links to it.
     built = {"llama.dll" if p.name == "libllama.dll" else p.name: p for p in build.rglob("*.dll")}
-    names = [*LIBS, *(f"ggml-cpu-{v}.dll" for v in variants)]
+    names = [*LIBS, *(f"ggml-cpu-{v}.dll" for v in variants), *MODULES]
     missing = [n for n in names if n not in built]
     if missing:
         raise StubError(f"the mingw build of llama.cpp made no {', '.join(missing)}")

@@ -79,7 +79,7 @@ def _cached(step: str, interp: Path, dlls: Path) -> bool:
 def freeze(interp: Path, dlls: Path, target: Path) -> None:
     root = host_stub.project_root()
     lib = dlls / "lib"
-    backends = sorted(lib.glob("ggml-cpu-*.dll"))
+    backends = [*sorted(lib.glob("ggml-cpu-*.dll")), *(lib / m for m in llama.MODULES)]
     # llama.dll where the bindings look for it; what it and the CPU variants link (ggml,
     # mingw's runtime) in the top folder, on the DLL search path, once: PyInstaller
     # would otherwise put a second copy there of what it finds llama.dll needs.
@@ -105,4 +105,6 @@ def freeze(interp: Path, dlls: Path, target: Path) -> None:
         built = tmp / "dist" / (STUB_FILE if onefile() else host_stub.STUB_NAME)
         if not built.exists():
             raise StubError(f"PyInstaller under Wine reported success but wrote no {built.name}")
+        if built.is_dir():
+            host_stub.drop_system_libraries(built)
         host_stub.install(built, tmp, target, onedir=not onefile(), target_os="windows")

@@ -31,6 +31,7 @@ TOOLS = {
     "cc": (f"{MINGW}-gcc-posix", "gcc-mingw-w64-x86-64-posix"),
     "cxx": (f"{MINGW}-g++-posix", "g++-mingw-w64-x86-64-posix"),
     "windres": (f"{MINGW}-windres", "binutils-mingw-w64-x86-64"),
+    "dlltool": (f"{MINGW}-dlltool", "binutils-mingw-w64-x86-64"),
     "cmake": ("cmake", "cmake"),
     "ninja": ("ninja", "ninja-build"),
     "osslsigncode": ("osslsigncode", "osslsigncode"),

@@ -7,7 +7,7 @@ import sys
 
 from .. import __version__
 from ..llama import backend, hardware
-from ..llama.loading import choose_device, context_size
+from ..llama.loading import choose_device, context_size, spread
 
 
 def collect(bundle, settings, verbose: bool = False, cache_dir: str | None = None) -> dict:
@@ -24,6 +24,7 @@ def collect(bundle, settings, verbose: bool = False, cache_dir: str | None = Non
     }
     hw["gpu"] = {"device": plan.device, "layers": plan.layers, "why": plan.why, "vulkan": plan.devices,
                  "layer_count": (bundle.model["gguf"].get("shape") or {}).get("block_count", 0)}  # fmt: skip
+    hw["rpc"] = _pool(spread(bundle, settings, plan), plan)
     return {
         "runtime": {"llamabundle": __version__, "python": sys.version.split()[0], "os": _os_name()},
         "bundle": {"path": bundle.path, "size": bundle.file_size, "payload_start": bundle.payload_start},
@@ -33,6 +34,31 @@ def collect(bundle, settings, verbose: bool = False, cache_dir: str | None = Non
             k: {"value": _shown(k, settings[k]), "source": settings.source(k)} for k in sorted(settings)
         },
     }
+
+
+def _pool(pooled, plan) -> dict | None:
+    """Where each layer goes with --rpc: this machine first, then each worker's device."""
+    if pooled is None:
+        return None
+    workers, split = pooled
+    places = [{"device": "this machine's CPU", "memory_free": hardware.memory()["available"]}]
+    places += [{"device": f"the worker at {w.endpoint}", "endpoint": w.endpoint, "memory_free": w.memory_free}
+               for w in workers]  # fmt: skip
+    if plan.layers:  # a local GPU holds this machine's share, after the workers'
+        places.append({"device": f"this machine's {plan.name}", "memory_free": 0})
+    for place, layers in zip(places, split.layers, strict=True):
+        place["layers"] = layers
+    return {"why": split.why, "layers": sum(split.layers), "devices": places}
+
+
+def _pool_lines(pool: dict | None) -> list[str]:
+    if pool is None:
+        return []
+    lines = [f"RPC       {pool['layers']} layers (the output layer counted) spread {pool['why']}"]
+    for d in pool["devices"]:
+        free = f", {_mib(d['memory_free'])} free" if d["memory_free"] else ""
+        lines.append(f"  {d['layers']:>4}    layers on {d['device']}{free}")
+    return lines
 
 
 def _mib(n: int) -> str:
@@ -71,6 +97,7 @@ def show_info(bundle, settings, *, as_json: bool, verbose: bool = False) -> int:
             for d in hw["gpu"]["vulkan"]
         ],
         f"  using   {_placement(hw['gpu'])}",
+        *_pool_lines(hw["rpc"]),
         "Settings",
     ]
     width = max(len(k) for k in settings)

@@ -26,6 +26,8 @@ EXAMPLES = """examples:
   %(prog)s --cli                                  chat in the terminal
   %(prog)s --info                                 what is inside, and what hardware was found
   %(prog)s --info --json                          the same, as JSON
+  %(prog)s --rpc-worker --host 192.168.1.20       lend this machine to a leader (port 50052)
+  %(prog)s --rpc 192.168.1.20,192.168.1.21        spread the model over those workers and this machine
 
 Settings come from, weakest first: the model's metadata, values baked in at
 build time, LLAMABUNDLE_* environment variables (LLAMABUNDLE_TEMP=0.2, ...),
@@ -52,6 +54,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     mode.add_argument("--server", action="store_true", help="serve the API and web chat, no browser")
     mode.add_argument("--info", action="store_true", help="show what is inside and the hardware")
     mode.add_argument("--json", action="store_true", help="with --info: print JSON")
+    mode.add_argument("--rpc-worker", action="store_true",
+                      help="lend this machine's CPU (or GPU) to a leader's --rpc")  # fmt: skip
     mode.add_argument("--version", action="store_true", help="print versions and exit")
     mode.add_argument("--verify", action="store_true",
                       help="check the sha256 of every byte of runtime and model, and exit")  # fmt: skip
@@ -68,6 +72,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     s.add_argument("--gpu", choices=("auto", "vulkan", "cpu"),
                    help="auto: a GPU only where it is faster (default); vulkan: insist; cpu")  # fmt: skip
     s.add_argument("-ngl", "--gpu-layers", type=int, help="layers to put on a GPU (-1: all)")
+    s.add_argument("--rpc", metavar="HOST:PORT,...",
+                   help="spread the model over these --rpc-worker machines and this one")  # fmt: skip
+    s.add_argument(
+        "--tensor-split",
+        metavar="SHARES",
+        help="with --rpc: this machine's share, then each worker's (default: free memory)",
+    )
     s.add_argument("-np", "--parallel", type=int, help="server slots: requests decoded together (default 4)")
     s.add_argument("--system", help="system prompt for chat")
     s.add_argument("--host", help="server address(es), comma-separated (default 127.0.0.1; 0.0.0.0 "
@@ -154,6 +165,12 @@ def run(args, prog: str) -> int:
 
     flags = {k: v for k, v in vars(args).items() if v is not None and k in _SETTING_FLAGS}
     settings = resolve(flags, baked=bundle.settings, model_meta=bundle.model["gguf"].get("metadata", {}))
+    if args.rpc_worker:
+        if args.prompt is not None or args.cli or args.server or args.info or args.rpc:
+            raise UsageError("--rpc-worker is a mode of its own: it takes --host, --port, --threads, --gpu")
+        from .rpc_worker import run as run_worker
+
+        return run_worker(bundle, settings, verbose=args.verbose)
     if args.info:
         from .info import show_info
 
@@ -198,7 +215,7 @@ def run(args, prog: str) -> int:
 _SETTING_FLAGS = {
     "n_predict", "temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed",
     "ctx_size", "threads", "gpu_layers", "parallel", "system", "host", "port", "api_key",
-    "cors_origins", "gpu",
+    "cors_origins", "gpu", "rpc", "tensor_split",
 }  # fmt: skip
 
 
@@ -214,11 +231,6 @@ def _verify(bundle, prog: str) -> int:
 
 
 def _llama_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from ..llama import backend
 
-    try:
-        return version("llama_cpp_python")
-    except PackageNotFoundError:
-        from ..llama import backend
-
-        return getattr(backend.bindings(), "__version__", "unknown")
+    return backend.llama_version()

@@ -46,6 +46,16 @@ def bindings():
     return _state["C"]
 
 
+def llama_version() -> str:
+    """llama-cpp-python's version (which fixes the llama.cpp it carries)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        return getattr(bindings(), "__version__", "unknown")
+
+
 def _lib_dir() -> Path:
     return Path(bindings().__file__).resolve().parent / "lib"
 
@@ -116,6 +126,12 @@ def ggml():
             ("ggml_backend_dev_backend_reg", vp, [vp]),
             ("ggml_backend_reg_name", cp, [vp]),
             ("ggml_backend_reg_get_proc_address", vp, [vp, cp]),
+            ("ggml_backend_reg_by_name", vp, [cp]),
+            ("ggml_backend_register", None, [vp]),
+            ("ggml_backend_reg_dev_count", sz, [vp]),
+            ("ggml_backend_reg_dev_get", vp, [vp, sz]),
+            ("ggml_backend_dev_by_name", vp, [cp]),
+            ("ggml_backend_dev_by_type", vp, [ctypes.c_int]),
         ]:
             fn = next(getattr(o, name) for o in owners if hasattr(o, name))
             fn.restype, fn.argtypes = res, args
@@ -133,7 +149,8 @@ def init(verbose: bool = False) -> None:
     C.llama_backend_init()
     lib = ggml()
     for d in backend_dirs():
-        lib.ggml_backend_load_all_from_path(str(d).encode())
+        with _stderr_to_log(enabled=not verbose):
+            lib.ggml_backend_load_all_from_path(str(d).encode())
         if any(dev["type"] == "cpu" for dev in devices()):
             break
     if not any(dev["type"] == "cpu" for dev in devices()):
@@ -142,6 +159,36 @@ def init(verbose: bool = False) -> None:
             "variant needs); rebuild llama-cpp-python with a lower baseline"
         )
     _state["ready"] = True
+
+
+@contextmanager
+def _stderr_to_log(enabled: bool):
+    """While backend modules load, what they print straight to stderr (not through
+    llama.cpp's log: ggml-vulkan's "Vulkan 1.2 required") goes to the log instead, for
+    ``-v`` and behind the line the runtime prints itself.
+
+    POSIX only. On Windows the mingw-built modules print through msvcrt's descriptor 2,
+    which shares its handle with this Python's (another C runtime): redirecting it would
+    close that handle under Python's stderr. There ggml's own line stays."""
+    if not enabled or os.name != "posix":
+        yield
+        return
+    import tempfile
+
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        try:
+            sys.stderr.flush()
+            os.dup2(tmp.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", "replace")
+            if text:
+                _log_lines.extend(text.splitlines(keepends=True))
+                del _log_lines[:-LOG_KEEP]
 
 
 def _set_logging(C, verbose: bool) -> None:

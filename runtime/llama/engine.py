@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 
 from ..errors import ModelError, UsageError, check_prompt
+from . import rpc
 from .job import Job
 from .model import Model, new_context
 from .sampler import Sampler, logprobs
@@ -47,9 +48,11 @@ class Engine:
         self.clock = 0
         self.generated_tokens = 0  # all tokens generated so far (a counter, like llama-server's metrics)
         self.placement = None  # where the model runs (llama/gpu.py's Plan), set by open_engine
+        self.pool = None  # with --rpc: (workers, pool.Split), set by open_engine
         self.decodes = 0  # llama_decode calls that succeeded, and the busy slots summed over them
         self.busy_per_decode = 0
         self._pieces: dict[int, bytes | None] = {}  # token -> its text, None for end of generation
+        self.broken: Exception | None = None  # an RPC worker went away: every request fails so
 
     def close(self) -> None:
         if getattr(self, "ptr", None):
@@ -75,6 +78,9 @@ class Engine:
         best, keep = pick(self.slots, tokens)
         if best is None:
             return False
+        if self.broken is not None:
+            job.events.put(("error", self.broken))
+            return True
         try:
             check_prompt(len(tokens), self.n_ctx)
         except UsageError as e:
@@ -156,6 +162,8 @@ class Engine:
             if not rows:
                 return False
             rc = self.C.llama_decode(self.ptr, self.batch)
+            if rc == 0 and self.model.remote and self._worker_gone(rows):
+                return True
             if rc == 0:
                 self.decodes += 1
                 self.busy_per_decode += len(rows)
@@ -179,6 +187,22 @@ class Engine:
                 slot.state, slot.t1 = GEN, now
                 slot.job.stats.prompt_seconds = now - slot.t0
             self._sample(slot, row)
+        return True
+
+    def _worker_gone(self, rows: list) -> bool:
+        """With layers on RPC workers: whether one went away during this step. ggml's RPC
+        client answers a dead connection with zeros (bundler/ggml_source.py), so the step's
+        logits are wrong and nothing is sampled from them; the share of the model that
+        worker held is gone, so every later request fails too, in the same words."""
+        self.C.llama_synchronize(self.ptr)  # the step's last reply has come back, or failed
+        endpoint = rpc.failed()
+        if endpoint is None:
+            return False
+        self.broken = rpc.gone(endpoint)
+        for slot, _, _ in rows:
+            self._finish(slot, "error", self.broken)
+            self._forget(slot)
+        self.fail_all(self.broken)
         return True
 
     def _fill(self) -> list:

@@ -7,8 +7,9 @@ import sys
 from contextlib import contextmanager
 
 from ..bundle import source
+from ..errors import UsageError
 from ..progress import Progress, Waiting
-from . import backend, gpu, gpu_probe, hardware, vulkan
+from . import backend, gpu, gpu_probe, hardware, pool, rpc, vulkan
 from .engine import Engine
 from .memory import DEFAULT_CTX, plan_context
 from .model import Model
@@ -39,6 +40,28 @@ def choose_device(
     return p
 
 
+def spread(bundle, settings, plan: gpu.Plan):
+    """With ``--rpc``: the workers (checked and registered with ggml) and how the model's
+    layers are spread over this machine and them; None without."""
+    if not settings["rpc"]:
+        if settings["tensor_split"]:
+            raise UsageError("--tensor-split goes with --rpc: it shares the model between machines")
+        return None
+    workers = rpc.connect(rpc.parse_endpoints(settings["rpc"]))
+    n_layer = (bundle.model["gguf"].get("shape") or {}).get("block_count", 0)
+    if not n_layer:
+        raise UsageError("this model does not say how many layers it has, so --rpc cannot spread it")
+    local = next((d for d in plan.devices if d.get("ggml") == plan.device), None) if plan.layers else None
+    if settings["tensor_split"]:
+        shares = pool.parse_shares(settings["tensor_split"], 1 + len(workers))
+        why = f"--tensor-split {settings['tensor_split']}"
+    else:
+        here = local["memory"] if local else hardware.memory()["available"]
+        shares = [here, *(w.memory_free for w in workers)]
+        why = "in proportion to free memory"
+    return workers, pool.plan(n_layer, shares, local_is_cpu=local is None, why=why)
+
+
 def context_size(requested: int, n_ctx_train: int) -> int:
     """The context size to show before memory is looked at."""
     if requested > 0:
@@ -57,14 +80,15 @@ def open_engine(bundle, settings, *, n_slots: int = 1, verbose: bool = False, ca
     plan = choose_device(bundle, settings, files=files, threads=threads, cache_dir=cache_dir)
     if plan.note:
         print(plan.note, file=sys.stderr)
+    pooled = spread(bundle, settings, plan)
     # A GPU's first use can take a while (Vulkan compiles its shaders): say so if it does.
     label = f"Preparing {plan.name} (its shaders are compiled on first use)"
     with Waiting(label) if plan.layers else contextlib.nullcontext():
-        model = _load_model(bundle, files, plan.layers)
+        model = _load_model(bundle, files, plan.layers, pooled, plan)
         engine = None
         try:
             engine = Engine(model, n_ctx=n_ctx, n_threads=threads, n_slots=n_slots)
-            engine.placement = plan
+            engine.placement, engine.pool = plan, pooled
             if plan.layers:
                 engine.warm_up()
         except BaseException:
@@ -79,7 +103,7 @@ def open_engine(bundle, settings, *, n_slots: int = 1, verbose: bool = False, ca
         model.close()
 
 
-def _load_model(bundle, files, layers: int) -> Model:
+def _load_model(bundle, files, layers: int, pooled=None, plan=None) -> Model:
     size = bundle.model["size"]
     with Progress("Loading the model", size) as bar:
         shown = [0]
@@ -90,4 +114,11 @@ def _load_model(bundle, files, layers: int) -> Model:
             shown[0] = done
 
         watch = on_progress if size > LOAD_BAR_FROM and bar.enabled else None
-        return Model(files.paths, files.offset, n_gpu_layers=layers, progress=watch)
+        if pooled is None:
+            return Model(files.paths, files.offset, n_gpu_layers=layers, progress=watch)
+        workers, split = pooled
+        devices = [w.device for w in workers]
+        if plan.layers:  # a local GPU holds this machine's share, after the workers'
+            devices.append(backend.ggml().ggml_backend_dev_by_name(plan.device.encode()))
+        return Model(files.paths, files.offset, n_gpu_layers=split.n_gpu_layers, progress=watch,
+                     devices=devices, tensor_split=split.tensor_split)  # fmt: skip

@@ -64,13 +64,22 @@ class Model:
     """A GGUF model mapped in place: one file read from byte ``offset`` on (through
     ``llama_model_load_from_file_ptr``), or the shards of a split model."""
 
-    def __init__(self, paths: list[str], offset: int = 0, *, n_gpu_layers: int = 0, progress=None):
-        """``progress(fraction)`` is told how far loading got (llama.cpp's own callback)."""
+    def __init__(self, paths: list[str], offset: int = 0, *, n_gpu_layers: int = 0, progress=None,
+                 devices: list[int] | None = None, tensor_split: list[float] | None = None):  # fmt: skip
+        """``progress(fraction)`` is told how far loading got (llama.cpp's own callback);
+        ``devices`` (ggml device handles) and ``tensor_split`` (a share for each) spread the
+        offloaded layers over several devices (RPC workers: runtime/llama/pool.py)."""
         C = backend.bindings()
         self.C, self._fp, self._eog = C, None, None
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         self.n_gpu_layers = n_gpu_layers
+        self.remote = bool(devices)  # some layers live on RPC workers
+        if devices:
+            self._devices = (ctypes.c_void_p * (len(devices) + 1))(*devices, None)  # NULL-terminated
+            params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
+            self._split = (ctypes.c_float * C.LLAMA_MAX_DEVICES)(*(tensor_split or []))
+            params.tensor_split = self._split
         params.load_mode = LOAD_MODE_MMAP
         if progress is not None:
             self._on_progress = C.llama_progress_callback(lambda frac, _ud: progress(frac) or True)

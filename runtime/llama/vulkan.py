@@ -19,6 +19,11 @@ LOADERS = {"win32": ["vulkan-1.dll"], "darwin": ["libvulkan.1.dylib", "libMolten
 PROPERTIES_SIZE = 1024  # VkPhysicalDeviceProperties is 824 bytes; only its head is read
 MEMORY_PROPERTIES_SIZE = 520
 DEVICE_LOCAL = 1
+START_ERRORS = {  # vkCreateInstance's failures, in words
+    -9: "no Vulkan driver (ICD) is installed",  # VK_ERROR_INCOMPATIBLE_DRIVER: none to use
+    -3: "the Vulkan driver could not start (it may predate Vulkan 1.2, which ggml needs)",
+    -7: "the Vulkan driver lacks an extension it needs",
+}
 
 
 @dataclass
@@ -83,8 +88,7 @@ def probe() -> Report:
     instance = vp()
     rc = lib.vkCreateInstance(ctypes.byref(info), None, ctypes.byref(instance))
     if rc != 0:
-        # -9 is VK_ERROR_INCOMPATIBLE_DRIVER: the loader found no driver (ICD) to use
-        report.error = "no Vulkan driver (ICD) is installed" if rc == -9 else f"Vulkan failed to start ({rc})"
+        report.error = START_ERRORS.get(rc, f"Vulkan failed to start (VkResult {rc})")
         return report
     try:
         count = ctypes.c_uint32(0)

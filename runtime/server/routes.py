@@ -8,7 +8,7 @@ import queue
 import threading
 from pathlib import Path
 
-from ..errors import ContextError, UsageError, check_prompt
+from ..errors import ContextError, PeerError, UsageError, check_prompt
 from ..llama.job import Job, Sampling
 from ..llama.loading import context_size
 from . import anthropic, api, generate, native, responses, shapes
@@ -101,6 +101,8 @@ class App:
             return h.send_json(503, {"status": "loading"})
         if w.state == "failed":
             return h.send_json(500, {"status": "error", "error": w.error})
+        if w.engine is not None and w.engine.broken is not None:  # an RPC worker went away
+            return h.send_json(503, {"status": "error", "error": str(w.engine.broken)})
         return h.send_json(200, {"status": "ok", **w.status()})
 
     def tokenize(self, h, body):
@@ -182,6 +184,8 @@ class App:
                 if event[0] == "error":
                     if isinstance(event[1], UsageError):
                         raise api.ApiError(400, str(event[1]))
+                    if isinstance(event[1], PeerError):
+                        raise api.ApiError(502, str(event[1]), "server_error", code="rpc_worker_gone")
                     raise api.ApiError(500, f"generation failed: {event[1]}", "server_error")
                 if event[0] == "done":
                     left -= 1

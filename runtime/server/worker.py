@@ -51,7 +51,12 @@ class Worker:
         plan = getattr(self.engine, "placement", None)
         if plan is None:
             return {}
-        return {"device": plan.name, "device_why": plan.why, "gpu_layers": plan.layers}
+        out = {"device": plan.name, "device_why": plan.why, "gpu_layers": plan.layers}
+        if self.engine.pool is not None:  # with --rpc: this machine's layers, then each worker's
+            workers, split = self.engine.pool
+            out["rpc"] = {"workers": [w.endpoint for w in workers], "layers": split.layers}
+            out["device"] += f" + {len(workers)} RPC worker{'s' if len(workers) > 1 else ''}"
+        return out
 
     def submit(self, job: Job) -> Job:
         self.jobs.put(job)
