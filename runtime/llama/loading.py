@@ -24,6 +24,11 @@ def choose_device(
     measured yet is measured now; without (``--info``), the plan says it will be."""
     mode = settings["gpu"]
     report = vulkan.probe() if mode != "cpu" and backend.has_module("vulkan") else None
+    # ggml's Vulkan module is loaded only when it may be used: asked for, or a device that is
+    # not a CPU renderer (which gpu.plan never picks by itself) is there.
+    devices = report.devices if report is not None else []
+    if devices and (mode == "vulkan" or any(d.type != "cpu" for d in devices)):
+        backend.load_module("vulkan")
     hint = hardware.gpu_hint() or hardware.cuda()["present"]
     p = gpu.plan(mode, settings["gpu_layers"], settings.given("gpu_layers"), report, backend.devices(),
                  bundle.model["size"], hint)  # fmt: skip

@@ -122,6 +122,7 @@ class Worker:
 
 def _fn(name: str, restype, *argtypes):
     lib = backend.ggml()
+    backend.load_module("rpc")
     reg = lib.ggml_backend_reg_by_name(b"RPC")
     if not reg:
         raise PeerError("this bundle has no RPC module (libggml-rpc), so it cannot use --rpc; rebuild it")
