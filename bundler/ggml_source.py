@@ -72,10 +72,6 @@ static const char * llamabundle_rpc_failed(void) {{
     std::lock_guard<std::mutex> lock(llamabundle_failed_mutex);
     return llamabundle_failed.empty() ? nullptr : llamabundle_failed.c_str();
 }}
-static void llamabundle_rpc_reset(void) {{
-    std::lock_guard<std::mutex> lock(llamabundle_failed_mutex);
-    llamabundle_failed.clear();
-}}
 
 static void rpc_dispatcher_trampoline("""
 RPC_CHANGES = [
@@ -114,9 +110,6 @@ RPC_CHANGES = [
     }}
     if (std::strcmp(name, "llamabundle_rpc_failed") == 0) {{  // {MARK}
         return (void *)llamabundle_rpc_failed;
-    }}
-    if (std::strcmp(name, "llamabundle_rpc_reset") == 0) {{
-        return (void *)llamabundle_rpc_reset;
     }}"""),
 ]  # fmt: skip
 

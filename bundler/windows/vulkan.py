@@ -76,15 +76,3 @@ def configure(llama_src: Path, work: Path, dlltool: str) -> list[str]:
         raise StubError(f"{MINGW}-dlltool could not write Vulkan's import library: {proc.stderr.strip()}")
     return ["-DGGML_VULKAN=ON", f"-DVulkan_INCLUDE_DIR={include}", f"-DVulkan_LIBRARY={implib}",
             f"-DVulkan_GLSLC_EXECUTABLE={glslc()}"]  # fmt: skip
-
-
-def imports(dll: Path, objdump: str) -> list[str]:
-    """The functions ``dll`` imports from vulkan-1.dll (from its PE import table)."""
-    out = subprocess.run([objdump, "-p", str(dll)], capture_output=True, text=True, check=True).stdout
-    names, inside = [], False
-    for line in out.splitlines():
-        if line.strip().startswith("DLL Name:"):
-            inside = line.split(":", 1)[1].strip().lower() == "vulkan-1.dll"
-        elif inside and (m := re.match(r"\s+[0-9a-f]+\s+\d+\s+(vk\w+)", line)):
-            names.append(m[1])
-    return names

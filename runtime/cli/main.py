@@ -156,7 +156,9 @@ def run(args, prog: str) -> int:
             what = f" ({b.model['name']}, build {b.manifest['build']['build_id']})"
         except Failure:
             what = ""
-        print(f"{prog}{what}: llamabundle runtime {__version__}, llama-cpp-python {_llama_version()}")
+        from ..llama.backend import llama_version
+
+        print(f"{prog}{what}: llamabundle runtime {__version__}, llama-cpp-python {llama_version()}")
         return 0
     bundle = payload.read_bundle(bundle_path())
     if args.verify:
@@ -228,9 +230,3 @@ def _verify(bundle, prog: str) -> int:
     print("\n".join(checked))
     print(f"{prog}: OK, every byte matches its sha256 (build {bundle.manifest['build']['build_id']})")
     return 0
-
-
-def _llama_version() -> str:
-    from ..llama import backend
-
-    return backend.llama_version()

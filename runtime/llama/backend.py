@@ -227,12 +227,9 @@ _DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
 
 def _module_path(name: str) -> Path | None:
     stems = (f"libggml-{name}.so", f"ggml-{name}.dll", f"libggml-{name}.dylib")
-    for d in backend_dirs():
-        for folder in (d / OPTIONAL, d):
-            for s in stems:
-                if (folder / s).exists():
-                    return folder / s
-    return None
+    # Only in optional/: one beside the CPU variants was loaded with them at start already.
+    found = (d / OPTIONAL / s for d in backend_dirs() for s in stems)
+    return next((p for p in found if p.exists()), None)
 
 
 def has_module(name: str) -> bool:

@@ -162,7 +162,7 @@ class Engine:
             if not rows:
                 return False
             rc = self.C.llama_decode(self.ptr, self.batch)
-            if rc == 0 and self.model.remote and self._worker_gone(rows):
+            if rc == 0 and self.model.remote and self._worker_gone():
                 return True
             if rc == 0:
                 self.decodes += 1
@@ -189,7 +189,7 @@ class Engine:
             self._sample(slot, row)
         return True
 
-    def _worker_gone(self, rows: list) -> bool:
+    def _worker_gone(self) -> bool:
         """With layers on RPC workers: whether one went away during this step. ggml's RPC
         client answers a dead connection with zeros (bundler/ggml_source.py), so the step's
         logits are wrong and nothing is sampled from them; the share of the model that
@@ -199,9 +199,6 @@ class Engine:
         if endpoint is None:
             return False
         self.broken = rpc.gone(endpoint)
-        for slot, _, _ in rows:
-            self._finish(slot, "error", self.broken)
-            self._forget(slot)
         self.fail_all(self.broken)
         return True
 
